@@ -1,0 +1,1 @@
+"""mmva.analyze"""

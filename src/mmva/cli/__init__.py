@@ -1,0 +1,35 @@
+"""The `mmva` command line (Typer + Rich). Each command module is a thin layer over a library call."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+app = typer.Typer(
+    name="mmva",
+    help="Multimodal Video Analyzer: per-utterance emotion and sentiment from text, voice and face.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+console = Console(stderr=True)
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logs.")) -> None:
+    """Multimodal Video Analyzer."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=console, show_path=False, show_time=False)])
+
+
+# Each module registers its commands on `app` when imported. One line per module keeps additions
+# from different features independent of each other.
+for _name in ("train", "data", "extract", "analyze", "serve", "cloud", "info"):
+    try:
+        importlib.import_module(f"mmva.cli.{_name}")
+    except ModuleNotFoundError as _exc:
+        if _exc.name != f"mmva.cli.{_name}":
+            raise

@@ -1,0 +1,1 @@
+"""Media decoding and storage URIs."""

@@ -1,0 +1,22 @@
+"""Shared fixtures. Tests run offline on CPU with tiny debug encoders unless they say otherwise."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MMVA_OFFLINE", "1")
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+MELD_DIR = Path(os.environ.get("MMVA_MELD_DIR", SHARED / "data" / "meld"))
+SPEECH_EMOTION_DIR = Path(os.environ.get("MMVA_SPEECH_EMOTION_DIR", SHARED / "data" / "speech-emotion"))
+
+
+@pytest.fixture(scope="session")
+def meld_dir() -> Path:
+    if not (MELD_DIR / "dev_sent_emo.csv").exists():
+        pytest.skip(f"MELD transcripts not found in {MELD_DIR} (set MMVA_MELD_DIR)")
+    return MELD_DIR
