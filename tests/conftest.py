@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.s3"]  # moto server fixtures: moto_server, aws_env, s3_bucket
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MMVA_OFFLINE", "1")
 
