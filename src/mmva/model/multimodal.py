@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmva.config import ModelConfig
+from mmva.config import Config, ModelConfig
 from mmva.encoders.base import Encoder, create_encoder, encoder_class
 from mmva.labels import EMOTIONS, MODALITIES, SENTIMENTS
 
@@ -53,11 +53,18 @@ class MultimodalSentimentAnalyzer(nn.Module):
     (2, 7)
     """
 
-    def __init__(self, config: ModelConfig | None = None, *, data: Any | None = None,
+    def __init__(self, config: ModelConfig | Config | None = None, *, data: Any | None = None,
                  encoders: dict[str, Encoder] | None = None) -> None:
         super().__init__()
-        self.config = config or ModelConfig()
-        cfg = self.config
+        # A whole run Config (e.g. from a checkpoint) is kept as `.config`; the model part drives the
+        # architecture as `.model_config`.
+        if isinstance(config, Config):
+            data = data if data is not None else config.data
+            cfg = config.model
+        else:
+            cfg = config or ModelConfig()
+        self.config: ModelConfig | Config = config if isinstance(config, Config) else cfg
+        self.model_config = cfg
         encs = encoders if encoders is not None else build_encoders(cfg, data)
         self.modalities = [m for m in MODALITIES if m in encs]
         if not self.modalities:
@@ -125,7 +132,7 @@ class MultimodalSentimentAnalyzer(nn.Module):
         masks = dict(masks or {})
         batch = next(iter(features.values())).shape[0] if features else next(iter(masks.values())).shape[0]
         device = self.missing[self.modalities[0]].device
-        p_drop = self.config.modality_dropout if modality_dropout is None else modality_dropout
+        p_drop = self.model_config.modality_dropout if modality_dropout is None else modality_dropout
         mask_stack = []
         for m in self.modalities:
             if m in features:
