@@ -13,6 +13,7 @@ in ``clip.problems``).
 from __future__ import annotations
 
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -526,11 +527,14 @@ def read_subtitles_stream(path: str | os.PathLike) -> list[tuple[float, float, s
                 t0 = float(packet.pts * stream.time_base)
                 dur = float(packet.duration * stream.time_base) if packet.duration else 0.0
                 for sub in subs:
-                    text = " ".join(_rect_text(r) for r in sub.rects).strip()
+                    # PyAV >= 14 yields the rectangles themselves; older versions a SubtitleSet
+                    rects = getattr(sub, "rects", None) or [sub]
+                    text = " ".join(_rect_text(r) for r in rects).strip()
                     if not text:
                         continue
-                    begin = t0 + sub.start_display_time / 1000.0
-                    finish = t0 + sub.end_display_time / 1000.0 if sub.end_display_time else t0 + dur
+                    begin, finish = t0, t0 + dur
+                    if getattr(sub, "end_display_time", 0):
+                        begin, finish = t0 + sub.start_display_time / 1000.0, t0 + sub.end_display_time / 1000.0
                     cues.append((round(begin, 3), round(max(finish, begin), 3), text))
         except av.FFmpegError:
             pass  # keep the cues read so far
@@ -551,15 +555,13 @@ def _open_any(path: str) -> Iterator[av.container.InputContainer]:
 
 
 def _rect_text(rect: Any) -> str:
-    """Plain text of a subtitle rectangle (ASS dialogue events carry override tags and \\N breaks)."""
-    text = getattr(rect, "dialogue", None) or getattr(rect, "text", None) or getattr(rect, "ass", b"")
+    """Plain text of a subtitle rectangle (ASS dialogue carries override tags and \\N breaks)."""
+    text: Any = getattr(rect, "dialogue", None) or getattr(rect, "text", None)
+    if not text:
+        ass = getattr(rect, "ass", b"") or b""
+        ass = ass.decode("utf-8", "replace") if isinstance(ass, bytes) else str(ass)
+        text = ass.split(",", 8)[-1] if ass.count(",") >= 8 else ass  # ASS event: text is the 9th field
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
-    if not isinstance(text, str):
-        return ""
-    if text.startswith("Dialogue:") or text.count(",") >= 8 and not getattr(rect, "dialogue", None):
-        text = text.split(",", 8)[-1]  # ASS event: the text is the 9th field
-    import re
-
-    text = re.sub(r"\{[^}]*\}", "", text).replace("\\N", "\n").replace("\\n", "\n")
+    text = re.sub(r"\{[^}]*\}", "", str(text)).replace("\\N", "\n").replace("\\n", "\n")
     return text.strip()
