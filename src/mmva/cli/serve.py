@@ -1,0 +1,45 @@
+"""`mmva serve`: the HTTP service (SageMaker inference contract, jobs, web page)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from mmva.cli import app, console
+
+
+@app.command("serve")
+def serve_cmd(
+    host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 in a container)."),
+    port: int = typer.Option(8080, help="TCP port (SageMaker uses 8080)."),
+    model_dir: Optional[str] = typer.Option(None, "--model-dir", envvar="MMVA_MODEL_DIR",
+                                            help="Model folder (e.g. /opt/ml/model); empty or unset: the shipped default model."),
+    work_dir: Optional[str] = typer.Option(None, "--work-dir", envvar="MMVA_SERVE_DIR",
+                                           help="Where jobs and uploads are kept (default: a folder in the system temp dir)."),
+    workers: int = typer.Option(2, help="Analysis worker threads (media requests and jobs run on these)."),
+    max_queue: int = typer.Option(8, help="Jobs that may wait for a worker before new ones get 429/503."),
+    max_upload_mb: float = typer.Option(500.0, help="Largest upload or S3 object accepted (413 beyond)."),
+    request_timeout: float = typer.Option(300.0, help="Seconds a synchronous POST /invocations may take (504 beyond)."),
+    job_timeout: float = typer.Option(3600.0, help="Seconds one background job may take."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="MMVA_API_KEY",
+                                          help="Require this key in the X-API-Key header (or Bearer token)."),
+    top_k: int = typer.Option(3, help="Emotions and sentiments listed per utterance."),
+    asr_model: Optional[str] = typer.Option(None, help="Speech recognition model (default: Whisper tiny.en shipped offline)."),
+    max_connections: int = typer.Option(256, help="Open connections before uvicorn answers 503."),
+    log_level: str = typer.Option("info", help="uvicorn log level."),
+) -> None:
+    """Serve the analyzer over HTTP: GET /ping, POST /invocations, /jobs, and a web page at /."""
+    import uvicorn
+
+    from mmva.serve.app import ServeSettings, create_app, default_work_dir
+    from mmva.serve.limits import Limits
+
+    limits = Limits(max_upload_mb=max_upload_mb, request_timeout_s=request_timeout, job_timeout_s=job_timeout)
+    settings = ServeSettings(model_dir=model_dir, work_dir=work_dir or default_work_dir(), workers=workers,
+                             max_queue=max_queue, api_key=api_key or None, top_k=top_k, asr_model=asr_model,
+                             limits=limits)
+    console.print(f"mmva serve on http://{host}:{port} (work dir {settings.work_dir}, {workers} workers"
+                  f"{', API key required' if settings.api_key else ''})")
+    uvicorn.run(create_app(settings), host=host, port=port, limit_concurrency=max_connections,
+                log_level=log_level, timeout_graceful_shutdown=10)

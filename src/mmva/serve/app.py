@@ -1,0 +1,444 @@
+"""The HTTP service: SageMaker's inference contract, background jobs and a web page.
+
+Routes (each a few lines over a library function):
+
+- ``GET /ping``: 200 once the model is loaded, 503 before (SageMaker's health check).
+- ``POST /invocations``: a video/audio upload (raw body with a media Content-Type, or multipart), JSON
+  ``{"s3_uri": "s3://..."}`` or ``{"video_path": "s3://..."}`` (the original client's request), or JSON
+  ``{"text": "..." | [...]}``; answers the analyze JSON (``mmva.analyze.pipeline.analyze``).
+- ``POST /jobs`` (same media inputs) -> 202 ``{"id", ...}``; ``GET /jobs/{id}``; ``GET /jobs/{id}/result``;
+  ``DELETE /jobs/{id}`` or ``POST /jobs/{id}/cancel``; ``GET /jobs``.
+- ``GET /`` the web page (static files served by the app, nothing from a CDN), ``GET /info``.
+
+Example::
+
+    app = create_app(ServeSettings(work_dir="/tmp/mmva-serve", workers=2))
+    uvicorn.run(app, host="127.0.0.1", port=8080)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import tempfile
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from importlib import resources
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import anyio
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mmva import __version__
+from mmva.serve.auth import check_api_key
+from mmva.serve.jobs import Job, JobInput, JobManager, ProgressFn, QueueFull
+from mmva.serve.limits import (Limits, RequestError, media_type, new_upload_path, read_json,
+                               save_multipart_upload, save_raw_upload)
+
+log = logging.getLogger("mmva.serve")
+MAX_TEXTS = 512  # texts in one request
+
+
+def default_work_dir() -> str:
+    return os.environ.get("MMVA_SERVE_DIR") or str(Path(tempfile.gettempdir()) / "mmva-serve")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How the service runs. ``workers`` are analysis threads (one uvicorn process holds the model)."""
+
+    model_dir: str | None = None  # None or an empty folder: the default model shipped with mmva
+    work_dir: str = field(default_factory=default_work_dir)  # jobs/ and uploads/ live here
+    workers: int = 2
+    max_queue: int = 8  # jobs waiting beyond the busy workers before 429/503
+    api_key: str | None = None
+    top_k: int = 3
+    asr_model: str | None = None
+    keep_hours: float = 168.0  # finished jobs are kept this long
+    limits: Limits = field(default_factory=Limits)
+
+    @property
+    def jobs_dir(self) -> Path:
+        return Path(self.work_dir) / "jobs"
+
+    @property
+    def upload_dir(self) -> Path:
+        return Path(self.work_dir) / "uploads"
+
+
+class Service:
+    """What the routes share: settings, the loaded model, the job manager."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.model: Any = None
+        self.model_error: str | None = None
+        self.model_info: dict[str, Any] = {}
+        self.text_limiter = anyio.CapacityLimiter(settings.limits.text_concurrency)
+        self.text_waiting = 0
+        _clear_folder(settings.upload_dir)  # uploads left by a crash belong to no request
+        self.jobs = JobManager(settings.jobs_dir, self.run_media, workers=settings.workers,
+                               max_queue=settings.max_queue, job_timeout_s=settings.limits.job_timeout_s,
+                               keep_hours=settings.keep_hours)
+
+    # -- model ------------------------------------------------------------------------------------
+
+    def load_model(self) -> None:
+        """Load the model once (in a thread at start-up, so /ping can say 503 meanwhile)."""
+        started = time.perf_counter()
+        try:
+            from mmva.model.default import load_default_model
+
+            path = _model_path(self.settings.model_dir)
+            self.model = load_default_model(path)
+            self.model_info = {"path": path or "(shipped default)", "load_s": round(time.perf_counter() - started, 2)}
+            log.info("model loaded from %s in %.1f s", self.model_info["path"], self.model_info["load_s"])
+        except Exception as exc:  # /ping reports it; the server stays up to say why
+            self.model_error = f"{type(exc).__name__}: {exc}"
+            log.exception("could not load the model")
+
+    @property
+    def ready(self) -> bool:
+        return self.model is not None
+
+    def require_model(self) -> None:
+        if not self.ready:
+            why = self.model_error or "the model is still loading"
+            raise RequestError(503, f"not ready: {why}", {"Retry-After": "5"})
+
+    # -- work -------------------------------------------------------------------------------------
+
+    def run_media(self, inp: JobInput, progress: ProgressFn) -> dict:
+        """Analyze an uploaded file or an S3 object (runs on a job worker thread)."""
+        from mmva.analyze.pipeline import analyze
+        from mmva.io.media import MediaError
+
+        path, fetched = inp.path, False
+        try:
+            if inp.kind == "s3":
+                progress("downloading", 0.0)
+                path, fetched = fetch_s3(inp.uri or "", self.settings.upload_dir, self.settings.limits), True
+            timeline = analyze(str(path), progress=progress, top_k=self.settings.top_k,
+                               asr_model=self.settings.asr_model)
+        except MediaError as exc:  # name the user's file, never the server's temp path
+            raise RequestError(422, f"{inp.name}: {exc.reason}") from exc
+        finally:
+            if fetched and path:
+                Path(path).unlink(missing_ok=True)
+        out = timeline.to_dict()
+        out["source"] = inp.name
+        return out
+
+    def analyze_texts(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Answer a ``{"text": ...}`` request through :func:`mmva.model.default.analyze_text`."""
+        from mmva.model.default import analyze_text
+
+        texts, contexts, top_k = _text_request(body, self.settings.top_k)
+        utterances = analyze_text(texts, top_k=top_k, contexts=contexts)
+        return {"schema_version": _schema_version(), "source": "text", "duration": None,
+                "utterances": utterances, "model": self.model_info}
+
+    async def receive_media(self, request: Request) -> JobInput:
+        """Turn a request into a job input: an upload streamed to disk, or a checked S3 URI."""
+        mtype = media_type(request.headers.get("content-type"))
+        limits = self.settings.limits
+        if mtype == "application/json":
+            body = await read_json(request, limits)
+            uri = _s3_uri_of(body)
+            await anyio.to_thread.run_sync(check_s3_object, uri, limits)
+            return JobInput(kind="s3", name=uri, uri=uri)
+        if mtype == "multipart/form-data":
+            path, name = await save_multipart_upload(request, self.settings.upload_dir, limits)
+        else:
+            path, name = await save_raw_upload(request, self.settings.upload_dir, limits)
+        return JobInput(kind="file", name=name, path=str(path))
+
+    async def run_sync(self, inp: JobInput) -> dict:
+        """Run a media request through the worker pool and wait for it, within the request time limit."""
+        timeout = self.settings.limits.request_timeout_s
+        try:
+            job = self.jobs.submit(inp, persist=False, timeout_s=timeout)
+        except QueueFull as exc:
+            _discard(inp)
+            raise RequestError(503, f"server busy: {exc}; retry later", {"Retry-After": "10"}) from exc
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(job.future)), timeout)
+        except asyncio.TimeoutError as exc:
+            self.jobs.cancel(job)
+            raise RequestError(504, f"{inp.name}: not finished within {timeout:g} s; submit long media "
+                                    "to POST /jobs and poll GET /jobs/{id}") from exc
+        except BaseException:  # the client went away: stop the work
+            self.jobs.cancel(job)
+            raise
+        if job.state != "done":
+            raise RequestError(job.error_status or 500, job.error or f"job {job.state}")
+        return job.result or {}
+
+    async def text_request(self, body: dict[str, Any]) -> dict:
+        limits = self.settings.limits
+        if self.text_waiting >= limits.text_concurrency + limits.text_queue:
+            raise RequestError(503, "server busy with text requests; retry later", {"Retry-After": "1"})
+        self.text_waiting += 1
+        try:
+            with anyio.fail_after(limits.request_timeout_s):
+                return await anyio.to_thread.run_sync(self.analyze_texts, body, limiter=self.text_limiter)
+        except TimeoutError as exc:
+            raise RequestError(504, f"text request not answered within {limits.request_timeout_s:g} s") from exc
+        finally:
+            self.text_waiting -= 1
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def _model_path(model_dir: str | None) -> str | None:
+    # SageMaker always mounts /opt/ml/model; an empty one means "use the shipped default model".
+    if model_dir and Path(model_dir).is_dir() and any(Path(model_dir).iterdir()):
+        return model_dir
+    if model_dir and not Path(model_dir).exists():
+        raise FileNotFoundError(f"model directory {model_dir} does not exist")
+    return None
+
+
+def _schema_version() -> Any:
+    try:
+        from mmva.analyze import timeline
+
+        return getattr(timeline, "SCHEMA_VERSION", "1")
+    except ImportError:
+        return "1"
+
+
+def _clear_folder(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for item in folder.iterdir():
+        if item.is_file():
+            item.unlink(missing_ok=True)
+
+
+def _discard(inp: JobInput) -> None:
+    if inp.path:
+        Path(inp.path).unlink(missing_ok=True)
+
+
+def _text_request(body: dict[str, Any], default_top_k: int) -> tuple[list[str], list[list[str]] | None, int]:
+    texts = body.get("text")
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise RequestError(400, '"text" must be a string or a non-empty list of strings')
+    if len(texts) > MAX_TEXTS:
+        raise RequestError(413, f"{len(texts)} texts in one request; the limit is {MAX_TEXTS}")
+    contexts = body.get("context", body.get("contexts"))
+    if contexts is not None:
+        if isinstance(contexts, list) and contexts and all(isinstance(c, str) for c in contexts):
+            contexts = [contexts] * len(texts)  # one shared dialogue history
+        if (not isinstance(contexts, list) or len(contexts) != len(texts)
+                or not all(isinstance(c, list) and all(isinstance(s, str) for s in c) for c in contexts)):
+            raise RequestError(400, '"context" must be a list of previous utterances (strings), '
+                                    "or one such list per text")
+    top_k = body.get("top_k", default_top_k)
+    if not isinstance(top_k, int) or not 1 <= top_k <= 7:
+        raise RequestError(400, '"top_k" must be an integer from 1 to 7')
+    return texts, contexts, top_k
+
+
+def _s3_uri_of(body: Any) -> str:
+    if not isinstance(body, dict):
+        raise RequestError(400, 'expected a JSON object such as {"s3_uri": "s3://bucket/key"} or {"text": "..."}')
+    uri = body.get("s3_uri", body.get("video_path"))
+    if uri is None:
+        raise RequestError(400, 'JSON requests need "s3_uri" (or "video_path") with an s3:// URI, or "text"')
+    if not isinstance(uri, str) or not uri.startswith("s3://") or len(uri.split("/", 3)) < 4 \
+            or not uri.split("/", 3)[3]:
+        # Never a server-side path: a request must not make the server read its own files.
+        raise RequestError(400, f"{uri!r} is not an s3://bucket/key URI; local paths are never read, "
+                                "upload the file instead")
+    return uri
+
+
+def check_s3_object(uri: str, limits: Limits) -> int:
+    """Size of an S3 object; 404 when missing, 413 when over the upload limit, 502 when S3 fails."""
+    from mmva.io.storage import filesystem
+
+    try:
+        fs, key = filesystem(uri)
+        size = int(fs.info(key).get("size") or 0)
+    except FileNotFoundError as exc:
+        raise RequestError(404, f"{uri}: no such object") from exc
+    except PermissionError as exc:
+        raise RequestError(403, f"{uri}: access denied ({exc})") from exc
+    except Exception as exc:  # endpoint down, bad credentials, ...
+        raise RequestError(502, f"{uri}: could not reach S3 ({type(exc).__name__}: {exc})") from exc
+    if size > limits.max_upload_bytes:
+        raise RequestError(413, f"{uri} is {size} bytes, over the limit of {limits.max_upload_bytes} bytes")
+    return size
+
+
+def fetch_s3(uri: str, folder: Path, limits: Limits) -> Path:
+    """Download an S3 object (checked for size first) to a temp file in ``folder``."""
+    from mmva.io.storage import filesystem
+    from mmva.serve.limits import media_suffix
+
+    check_s3_object(uri, limits)
+    fs, key = filesystem(uri)
+    target = new_upload_path(folder, media_suffix("", uri))
+    try:
+        fs.get_file(key, str(target))
+    except BaseException as exc:
+        target.unlink(missing_ok=True)
+        if isinstance(exc, FileNotFoundError):
+            raise RequestError(404, f"{uri}: no such object") from exc
+        raise
+    return target
+
+
+# -- the app --------------------------------------------------------------------------------------
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestError)
+    async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
+        return _error(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(400, f"invalid request: {exc.errors()}")
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+
+
+def create_app(settings: ServeSettings | None = None) -> FastAPI:
+    """Build the FastAPI app; the model starts loading when the app starts."""
+    settings = settings or ServeSettings()
+    service = Service(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        threading.Thread(target=service.load_model, name="mmva-model-load", daemon=True).start()
+        yield
+        service.jobs.shutdown(wait=False)
+
+    app = FastAPI(title="mmva", version=__version__, lifespan=lifespan,
+                  description="Per-utterance emotion and sentiment of videos (SageMaker inference contract).")
+    app.state.service = service
+    _install_error_handlers(app)
+
+    def require_key(request: Request) -> None:
+        check_api_key(request.headers, settings.api_key)
+
+    authed = [Depends(require_key)]
+    _add_routes(app, service, authed)
+    static = resources.files("mmva") / "serve" / "static"
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    return app
+
+
+def _add_routes(app: FastAPI, service: Service, authed: list[Any]) -> None:
+    settings = service.settings
+
+    @app.get("/ping")
+    def ping() -> JSONResponse:
+        if not service.ready:
+            return _error(503, f"not ready: {service.model_error or 'the model is still loading'}")
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(str(resources.files("mmva") / "serve" / "static" / "index.html"))
+
+    @app.get("/info")
+    def info() -> dict[str, Any]:
+        return {"version": __version__, "ready": service.ready, "model_error": service.model_error,
+                "auth_required": bool(settings.api_key), "limits": asdict(settings.limits),
+                "jobs": service.jobs.stats()}
+
+    @app.get("/execution-parameters", include_in_schema=False)
+    def execution_parameters() -> dict[str, Any]:  # SageMaker batch transform asks for these
+        return {"MaxConcurrentTransforms": settings.workers, "BatchStrategy": "SINGLE_RECORD",
+                "MaxPayloadInMB": max(1, int(settings.limits.max_upload_mb))}
+
+    @app.post("/invocations", dependencies=authed)
+    async def invocations(request: Request) -> JSONResponse:
+        service.require_model()
+        if media_type(request.headers.get("content-type")) == "application/json":
+            body = await read_json(request, settings.limits)
+            if isinstance(body, dict) and "text" in body:
+                return JSONResponse(await service.text_request(body))
+            uri = _s3_uri_of(body)
+            await anyio.to_thread.run_sync(check_s3_object, uri, settings.limits)
+            return JSONResponse(await service.run_sync(JobInput(kind="s3", name=uri, uri=uri)))
+        return JSONResponse(await service.run_sync(await service.receive_media(request)))
+
+    @app.post("/jobs", status_code=202, dependencies=authed)
+    async def submit_job(request: Request) -> JSONResponse:
+        service.require_model()
+        inp = await service.receive_media(request)
+        try:
+            job = service.jobs.submit(inp)
+        except QueueFull as exc:
+            _discard(inp)
+            raise RequestError(429, f"too many jobs: {exc}; retry later", {"Retry-After": "30"}) from exc
+        return JSONResponse(_job_links(job), status_code=202, headers={"Location": f"/jobs/{job.id}"})
+
+    @app.get("/jobs", dependencies=authed)
+    def list_jobs() -> dict[str, Any]:
+        return {"jobs": [_job_links(j) for j in service.jobs.list()], **service.jobs.stats()}
+
+    @app.get("/jobs/{job_id}", dependencies=authed)
+    def job_status(job_id: str) -> dict[str, Any]:
+        return _job_links(service.jobs.get(job_id))
+
+    @app.get("/jobs/{job_id}/result", dependencies=authed)
+    def job_result(job_id: str, format: str = "json") -> Response:
+        return _result_response(service.jobs.result_path(job_id), format, job_id)
+
+    @app.post("/jobs/{job_id}/cancel", status_code=202, dependencies=authed)
+    def cancel_job(job_id: str) -> dict[str, Any]:
+        return _job_links(service.jobs.cancel(service.jobs.get(job_id)))
+
+    @app.delete("/jobs/{job_id}", status_code=202, dependencies=authed)
+    def delete_job(job_id: str) -> dict[str, Any]:
+        return _job_links(service.jobs.cancel(service.jobs.get(job_id)))
+
+
+def _job_links(job: Job) -> dict[str, Any]:
+    return {**job.status(), "status_url": f"/jobs/{job.id}", "result_url": f"/jobs/{job.id}/result"}
+
+
+_FORMATS = {"json": "application/json", "srt": "application/x-subrip", "vtt": "text/vtt",
+            "csv": "text/csv", "html": "text/html"}
+
+
+def _result_response(path: Path, fmt: str, job_id: str) -> Response:
+    """The stored result as JSON, or converted by the analyze writers (srt, vtt, csv, html)."""
+    fmt = fmt.lower()
+    if fmt not in _FORMATS:
+        raise RequestError(400, f"unknown format {fmt!r}; choose one of {', '.join(_FORMATS)}")
+    if fmt == "json":
+        return FileResponse(str(path), media_type="application/json")
+    from mmva.analyze.writers import render_result
+
+    text = render_result(path.read_text(), fmt)
+    disposition = f'attachment; filename="{job_id}.{fmt}"'
+    return Response(text, media_type=_FORMATS[fmt], headers={"Content-Disposition": disposition})
