@@ -1,0 +1,121 @@
+"""`mmva sagemaker train|deploy|package` and `mmva sagemaker-entry`: thin layers over mmva.cloud."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from mmva.cli import app, console
+
+sagemaker_app = typer.Typer(help="Train and deploy on Amazon SageMaker (boto3 requests; --dry-run prints them).",
+                            no_args_is_help=True)
+app.add_typer(sagemaker_app, name="sagemaker")
+
+
+def _pairs(items: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise typer.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint=what)
+        key, value = item.split("=", 1)
+        out[key] = value
+    return out
+
+
+def _emit(requests: list, dry_run: bool, region: Optional[str]) -> None:
+    from mmva.cloud.sagemaker import dry_run_json, sagemaker_client, send
+
+    if dry_run:
+        typer.echo(dry_run_json(requests))  # stdout: machine-readable
+        return
+    for (operation, _), response in zip(requests, send(requests, sagemaker_client(region))):
+        arn = next((v for k, v in response.items() if k.endswith("Arn")), "")
+        console.print(f"[green]{operation}[/green] {arn}")
+
+
+@sagemaker_app.command("train")
+def train_cmd(
+    data: str = typer.Option(..., help="s3:// prefix of the corpus (MELD layout or manifests)."),
+    output: str = typer.Option(..., help="s3:// prefix where SageMaker writes model.tar.gz."),
+    image: str = typer.Option(..., help="ECR image URI of the mmva container."),
+    role: str = typer.Option(..., help="IAM role ARN SageMaker assumes."),
+    config: str = typer.Option("tiny", help="Config preset or YAML path inside the image."),
+    set_: list[str] = typer.Option([], "--set", help="Config override section.key=value (repeatable)."),
+    job_name: Optional[str] = typer.Option(None, help="Job name (default: mmva-train-<timestamp>)."),
+    instance_type: str = typer.Option("ml.g5.xlarge"),
+    instance_count: int = typer.Option(1, help="Machines; >1 trains with torchrun across them."),
+    volume_gb: int = typer.Option(50),
+    max_runtime: int = typer.Option(86400, help="Seconds."),
+    spot: bool = typer.Option(False, help="Managed spot training (needs --checkpoint-s3)."),
+    checkpoint_s3: Optional[str] = typer.Option(None, help="s3:// prefix synced with /opt/ml/checkpoints."),
+    fast_file: bool = typer.Option(False, help="Stream the corpus (FastFile) instead of copying it."),
+    env: list[str] = typer.Option([], help="Container environment KEY=VALUE (repeatable)."),
+    region: Optional[str] = typer.Option(None),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the boto3 request as JSON, send nothing."),
+) -> None:
+    """Start a SageMaker training job running `python -m mmva.cloud.entry` in IMAGE."""
+    from mmva.cloud.sagemaker import TrainingJobSpec, training_job_request, unique_name
+
+    spec = TrainingJobSpec(
+        job_name=job_name or unique_name("mmva-train"), image_uri=image, role_arn=role, data=data,
+        output_path=output, config=config, overrides=tuple(set_), instance_type=instance_type,
+        instance_count=instance_count, volume_size_gb=volume_gb, max_runtime_s=max_runtime, spot=spot,
+        checkpoint_s3=checkpoint_s3, input_mode="FastFile" if fast_file else "File",
+        environment=_pairs(env, "--env"))
+    _emit([("create_training_job", training_job_request(spec))], dry_run, region)
+
+
+@sagemaker_app.command("deploy")
+def deploy_cmd(
+    image: str = typer.Option(..., help="ECR image URI of the mmva container (serves on 8080)."),
+    role: str = typer.Option(..., help="IAM role ARN SageMaker assumes."),
+    model_data: Optional[str] = typer.Option(None, help="s3:// URI of a model.tar.gz (from a training job)."),
+    checkpoint: Optional[str] = typer.Option(None, help="Or: a checkpoint to package and upload first."),
+    upload_to: Optional[str] = typer.Option(None, help="With --checkpoint: s3:// URI for model.tar.gz."),
+    name: Optional[str] = typer.Option(None, help="Model/endpoint name (default: mmva-<timestamp>)."),
+    instance_type: str = typer.Option("ml.m5.xlarge"),
+    instance_count: int = typer.Option(1),
+    async_output: Optional[str] = typer.Option(
+        None, help="s3:// prefix for results: an asynchronous endpoint, for long videos."),
+    async_failure: Optional[str] = typer.Option(None, help="s3:// prefix for failed async requests."),
+    max_concurrent: int = typer.Option(2, help="Async: concurrent requests per instance."),
+    env: list[str] = typer.Option([], help="Container environment KEY=VALUE (repeatable)."),
+    region: Optional[str] = typer.Option(None),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the boto3 requests as JSON, send nothing."),
+) -> None:
+    """Create a SageMaker model, endpoint config and endpoint serving a trained mmva model."""
+    from mmva.cloud.package import package_model
+    from mmva.cloud.sagemaker import DeploySpec, deploy_requests, unique_name
+
+    if bool(model_data) == bool(checkpoint):
+        raise typer.BadParameter("give exactly one of --model-data and --checkpoint")
+    if checkpoint:
+        if not upload_to:
+            raise typer.BadParameter("--checkpoint needs --upload-to s3://.../model.tar.gz")
+        if not dry_run:
+            package_model(checkpoint, upload_to)
+            console.print(f"uploaded {upload_to}")
+        model_data = upload_to
+    spec = DeploySpec(name=name or unique_name("mmva"), image_uri=image, role_arn=role,
+                      model_data=model_data, instance_type=instance_type, instance_count=instance_count,
+                      async_output=async_output, async_failure=async_failure,
+                      max_concurrent_per_instance=max_concurrent, environment=_pairs(env, "--env"))
+    _emit(deploy_requests(spec), dry_run, region)
+
+
+@sagemaker_app.command("package")
+def package_cmd(checkpoint: str = typer.Argument(..., help="mmva checkpoint (.safetensors, local or s3://)."),
+                out: str = typer.Argument(..., help="model.tar.gz to write (local or s3://).")) -> None:
+    """Build the model.tar.gz a SageMaker endpoint serves (model.safetensors + mmva-model.json)."""
+    from mmva.cloud.package import package_model
+
+    console.print(package_model(checkpoint, out))
+
+
+@app.command("sagemaker-entry")
+def sagemaker_entry_cmd() -> None:
+    """SageMaker training entry point (same as `python -m mmva.cloud.entry`)."""
+    from mmva.cloud.entry import main
+
+    raise typer.Exit(main([]))

@@ -1,0 +1,149 @@
+"""SageMaker: requests built by `mmva sagemaker ...` and recorded by a real moto server; the model
+archive layout; the training entry point run in a subprocess inside a simulated /opt/ml."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import boto3
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mmva.cli import app
+from mmva.cloud import package
+from mmva.cloud.sagemaker import (DeploySpec, SageMakerRequestError, TrainingJobSpec, deploy_requests,
+                                  training_job_request)
+from mmva.config import load_config
+from mmva.model.checkpoint import load_model, save_checkpoint
+from mmva.model.multimodal import MultimodalSentimentAnalyzer
+
+ROLE = "arn:aws:iam::123456789012:role/mmva-sagemaker"
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/mmva:latest"
+runner = CliRunner()
+
+
+def _cli_json(args: list[str]) -> list[dict]:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_train_dry_run_prints_the_training_job_request():
+    out = _cli_json(["sagemaker", "train", "--data", "s3://corpus/meld", "--output", "s3://models/out",
+                     "--image", IMAGE, "--role", ROLE, "--config", "tiny", "--set", "train.epochs=3",
+                     "--set", "data.batch_size=32", "--instance-count", "2", "--job-name", "mmva-t1",
+                     "--spot", "--checkpoint-s3", "s3://models/ckpt", "--dry-run"])
+    assert [r["operation"] for r in out] == ["create_training_job"]
+    req = out[0]["request"]
+    assert req["TrainingJobName"] == "mmva-t1"
+    assert req["AlgorithmSpecification"]["ContainerEntrypoint"] == ["python", "-m", "mmva.cloud.entry"]
+    assert req["HyperParameters"] == {"config": "tiny", "train.epochs": "3", "data.batch_size": "32"}
+    assert req["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] == "s3://corpus/meld"
+    assert req["ResourceConfig"]["InstanceCount"] == 2
+    assert req["EnableManagedSpotTraining"] is True
+    assert req["CheckpointConfig"] == {"S3Uri": "s3://models/ckpt", "LocalPath": "/opt/ml/checkpoints"}
+
+
+def test_requests_are_validated_before_sending():
+    base = dict(job_name="mmva-1", image_uri=IMAGE, role_arn=ROLE, data="s3://b/d", output_path="s3://b/o")
+    with pytest.raises(SageMakerRequestError, match="s3://"):
+        training_job_request(TrainingJobSpec(**{**base, "data": "/local/corpus"}))
+    with pytest.raises(SageMakerRequestError, match="job name"):
+        training_job_request(TrainingJobSpec(**{**base, "job_name": "bad_name!"}))
+    with pytest.raises(SageMakerRequestError, match="checkpoint"):
+        training_job_request(TrainingJobSpec(**base, spot=True))
+    result = runner.invoke(app, ["sagemaker", "deploy", "--image", IMAGE, "--role", ROLE, "--dry-run"])
+    assert result.exit_code != 0 and "model-data" in result.output
+
+
+def test_training_job_is_recorded_by_moto(aws_env):
+    spec = TrainingJobSpec(job_name="mmva-train-moto", image_uri=IMAGE, role_arn=ROLE, data="s3://corpus/meld",
+                           output_path="s3://models/out", overrides=("train.epochs=2",),
+                           instance_type="ml.m5.xlarge")
+    result = runner.invoke(app, ["sagemaker", "train", "--data", spec.data, "--output", spec.output_path,
+                                 "--image", IMAGE, "--role", ROLE, "--set", "train.epochs=2",
+                                 "--instance-type", "ml.m5.xlarge", "--job-name", spec.job_name])
+    assert result.exit_code == 0, result.output
+    desc = boto3.client("sagemaker").describe_training_job(TrainingJobName=spec.job_name)
+    assert desc["AlgorithmSpecification"]["TrainingImage"] == IMAGE
+    assert desc["HyperParameters"]["train.epochs"] == "2"
+    assert desc["RoleArn"] == ROLE
+    assert desc["InputDataConfig"][0]["ChannelName"] == "training"
+    assert desc["OutputDataConfig"]["S3OutputPath"] == "s3://models/out"
+    assert desc["ResourceConfig"]["InstanceType"] == "ml.m5.xlarge"
+
+
+def test_async_endpoint_is_recorded_by_moto(aws_env):
+    result = runner.invoke(app, ["sagemaker", "deploy", "--image", IMAGE, "--role", ROLE, "--model-data",
+                                 "s3://models/out/model.tar.gz", "--name", "mmva-ep-moto",
+                                 "--async-output", "s3://models/async-out", "--max-concurrent", "4"])
+    assert result.exit_code == 0, result.output
+    sm = boto3.client("sagemaker")
+    model = sm.describe_model(ModelName="mmva-ep-moto")
+    assert model["PrimaryContainer"]["ModelDataUrl"] == "s3://models/out/model.tar.gz"
+    assert model["PrimaryContainer"]["Image"] == IMAGE
+    config = sm.describe_endpoint_config(EndpointConfigName="mmva-ep-moto")
+    assert config["ProductionVariants"][0]["ModelName"] == "mmva-ep-moto"
+    assert config["AsyncInferenceConfig"]["OutputConfig"]["S3OutputPath"] == "s3://models/async-out"
+    assert config["AsyncInferenceConfig"]["ClientConfig"]["MaxConcurrentInvocationsPerInstance"] == 4
+    endpoint = sm.describe_endpoint(EndpointName="mmva-ep-moto")
+    assert endpoint["EndpointConfigName"] == "mmva-ep-moto"
+
+
+def test_realtime_endpoint_has_no_async_config():
+    ops = dict(deploy_requests(DeploySpec(name="rt", image_uri=IMAGE, role_arn=ROLE,
+                                          model_data="s3://m/model.tar.gz")))
+    assert "AsyncInferenceConfig" not in ops["create_endpoint_config"]
+    assert ops["create_endpoint"] == {"EndpointName": "rt", "EndpointConfigName": "rt"}
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> str:
+    cfg = load_config("tiny")
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "best.safetensors"
+    save_checkpoint(MultimodalSentimentAnalyzer(cfg), cfg, path, extra={"metrics": {"emotion_accuracy": 0.5}})
+    return str(path)
+
+
+def test_model_archive_layout_round_trips(tiny_checkpoint, tmp_path):
+    archive = package.package_model(tiny_checkpoint, str(tmp_path / "model.tar.gz"))
+    with tarfile.open(archive) as tar:
+        assert sorted(tar.getnames()) == ["mmva-model.json", "model.safetensors"]  # flat, as SageMaker extracts
+    served = package.unpack_model(archive, tmp_path / "opt-ml-model")
+    manifest = json.loads((served / "mmva-model.json").read_text())
+    assert manifest["format"] == "mmva-model" and manifest["config_name"] == "tiny"
+    assert manifest["metrics"] == {"emotion_accuracy": 0.5}
+    model = load_model(package.find_model(served))
+    original = load_model(tiny_checkpoint)
+    for (k, a), (_, b) in zip(model.state_dict().items(), original.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_model_archive_uploads_to_s3_and_deploys_from_a_checkpoint(tiny_checkpoint, s3_bucket, tmp_path):
+    uri = f"{s3_bucket}/models/a/model.tar.gz"
+    result = runner.invoke(app, ["sagemaker", "deploy", "--image", IMAGE, "--role", ROLE,
+                                 "--checkpoint", tiny_checkpoint, "--upload-to", uri, "--name", "mmva-from-ckpt"])
+    assert result.exit_code == 0, result.output
+    served = package.unpack_model(uri, tmp_path / "m")
+    assert load_model(package.find_model(served)).config.name == "tiny"
+    model = boto3.client("sagemaker").describe_model(ModelName="mmva-from-ckpt")
+    assert model["PrimaryContainer"]["ModelDataUrl"] == uri
+
+
+def test_find_model_explains_what_is_wrong(tmp_path):
+    with pytest.raises(package.ModelPackageError, match="no .safetensors"):
+        package.find_model(tmp_path)
+    (tmp_path / "mmva-model.json").write_text(json.dumps({"checkpoint": "../escape.safetensors"}))
+    with pytest.raises(package.ModelPackageError, match="missing"):
+        package.find_model(tmp_path)
+    bad = tmp_path / "bad.tar.gz"
+    bad.write_bytes(b"not a tar")
+    with pytest.raises(package.ModelPackageError, match="bad.tar.gz"):
+        package.unpack_model(str(bad), tmp_path / "x")
