@@ -1,0 +1,152 @@
+"""`mmva analyze PATH...`: emotion timeline of videos, audio files, subtitles or transcripts.
+
+A thin layer over :func:`mmva.analyze.analyze` / :func:`mmva.analyze.analyze_batch`.
+Exit codes: 0 all analysed, 1 at least one input failed, 2 bad usage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from mmva.cli import app, console
+
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def timeline_table(timeline: Any, max_rows: int = 200) -> Table:
+    """A readable Rich table of a timeline's utterances."""
+    from mmva.analyze.report import clock
+
+    s = timeline.summary
+    title = (f"{timeline.source} · {s['n_utterances']} utterance(s) · dominant: "
+             f"{s['dominant_emotion'] or '-'} / {s['dominant_sentiment'] or '-'}")
+    table = Table("start", "end", "text", "emotion", "sentiment", "modalities", title=title, title_justify="left")
+    for u in timeline.utterances[:max_rows]:
+        emo = ", ".join(f"{e['label']} {e['confidence']:.0%}" for e in u.emotions[:2]) or "-"
+        sen = f"{u.sentiments[0]['label']} {u.sentiments[0]['confidence']:.0%}" if u.sentiments else "-"
+        table.add_row(clock(u.start_time), clock(u.end_time), u.text or "[no words]", emo, sen,
+                      "+".join(u.modalities) or "none")
+    if len(timeline.utterances) > max_rows:
+        table.caption = f"... {len(timeline.utterances) - max_rows} more in the written files"
+    return table
+
+
+def _progress_bar(quiet: bool) -> Progress:
+    return Progress(SpinnerColumn(), TextColumn("{task.description:<28}"), BarColumn(),
+                    TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
+                    console=console, transient=True, disable=quiet)
+
+
+@app.command("analyze")
+def analyze_cmd(
+    paths: Optional[list[str]] = typer.Argument(None, help="Videos, audio files, .srt/.vtt, .txt transcripts "
+                                                "or folders (s3:// URIs too)."),
+    subtitles: Optional[str] = typer.Option(None, "--subtitles", "-s",
+                                            help="Segment by this .srt/.vtt instead of speech recognition."),
+    asr_model: Optional[str] = typer.Option(None, "--asr-model",
+                                            help="faster-whisper model folder or name (default: offline tiny.en)."),
+    fmt: str = typer.Option("json", "--format", "-f", help="Comma-separated: json,csv,srt,vtt,html (or all)."),
+    out: str = typer.Option(".", "--out", "-o", help="Folder (or s3:// prefix) for the output files."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no table, only errors."),
+    top_k: int = typer.Option(3, "--top-k", min=1, max=7, help="Emotions listed per utterance."),
+    sample: bool = typer.Option(False, "--sample", help="Generate a short talking video (no network) and analyse it."),
+) -> None:
+    """Per-utterance emotion and sentiment timeline; writes NAME.mmva.json (and other formats)."""
+    from mmva.analyze import analyze, analyze_batch, expand_inputs
+    from mmva.analyze.writers import parse_formats, write_outputs
+
+    try:
+        formats = parse_formats(fmt)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--format") from None
+    if device not in DEVICES:
+        raise typer.BadParameter(f"{device!r} is not one of {', '.join(DEVICES)}", param_hint="--device")
+    inputs = list(paths or [])
+    if sample:
+        inputs.append(_make_sample(out, quiet))
+    if not inputs:
+        console.print("[red]nothing to analyse:[/] give a video, audio file, subtitle file, transcript or "
+                      "folder, or --sample")
+        raise typer.Exit(2)
+    files = expand_inputs(inputs)
+    if subtitles and len(files) != 1:
+        console.print("[red]--subtitles applies to a single input[/]")
+        raise typer.Exit(2)
+    if not files:
+        console.print(f"[red]no media, subtitle or transcript files found in {', '.join(inputs)}[/]")
+        raise typer.Exit(2)
+    stdout = Console()
+    kwargs = {"asr_model": asr_model, "device": device, "top_k": top_k}
+    if len(files) == 1 and not Path(inputs[0]).is_dir():
+        with _progress_bar(quiet) as bar:
+            task = bar.add_task("starting", total=1.0)
+            try:
+                timeline = analyze(files[0], subtitles=subtitles,
+                                   progress=lambda stage, f: bar.update(task, description=stage, completed=f),
+                                   **kwargs)
+            except Exception as exc:  # noqa: BLE001 - the message names the file and the problem
+                console.print(f"[red]error:[/] {_message(files[0], exc)}")
+                raise typer.Exit(1) from None
+        written = write_outputs(timeline, out, formats)
+        if not quiet:
+            stdout.print(timeline_table(timeline))
+            for p in timeline.problems:
+                console.print(f"[yellow]note:[/] {p}")
+            console.print("wrote " + ", ".join(written))
+        return
+    result = _run_batch(files, out, formats, quiet, kwargs)
+    console.print(result.summary(), style="red" if result.failed else None, highlight=False)
+    raise typer.Exit(1 if result.failed else 0)
+
+
+def _run_batch(files: list[str], out: str, formats: list[str], quiet: bool, kwargs: dict[str, Any]) -> Any:
+    from mmva.analyze import analyze_batch
+
+    with _progress_bar(quiet) as bar:
+        overall = bar.add_task(f"{len(files)} file(s)", total=len(files))
+        current = bar.add_task("", total=1.0)
+
+        def on_result(src: str, timeline: Any, error: str | None) -> None:
+            bar.advance(overall)
+            if error:
+                bar.console.print(f"[red]failed:[/] {_message(src, error)}")
+            elif not quiet:
+                s = timeline.summary
+                bar.console.print(f"[green]ok:[/] {src}: {s['n_utterances']} utterance(s), "
+                                  f"dominant {s['dominant_emotion'] or '-'}")
+
+        def progress(stage: str, f: float) -> None:
+            bar.update(current, description=stage, completed=f)
+
+        return analyze_batch(files, out_dir=out, formats=formats, on_result=on_result, progress=progress, **kwargs)
+
+
+def _message(src: str, exc: BaseException | str) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if text.startswith(src) else f"{src}: {text}"
+
+
+def _make_sample(out: str, quiet: bool) -> str:
+    from mmva.analyze.sample import make_sample_video
+    from mmva.io import storage
+
+    if storage.is_remote(out):
+        import tempfile
+
+        out = tempfile.mkdtemp(prefix="mmva-sample-")
+    path = Path(out) / "mmva-sample.mp4"
+    if not quiet:
+        console.print(f"generating a sample talking video: {path}")
+    try:
+        make_sample_video(path)
+    except (ImportError, FileNotFoundError, RuntimeError) as exc:
+        console.print(f"[red]cannot make the sample video:[/] {exc}")
+        raise typer.Exit(2) from None
+    return str(path)
