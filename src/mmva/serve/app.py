@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import tempfile
@@ -81,6 +82,7 @@ class Service:
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
         self.model: Any = None
+        self.model_path: str | None = None
         self.model_error: str | None = None
         self.model_info: dict[str, Any] = {}
         self.text_limiter = anyio.CapacityLimiter(settings.limits.text_concurrency)
@@ -98,10 +100,11 @@ class Service:
         try:
             from mmva.model.default import load_default_model
 
-            path = _model_path(self.settings.model_dir)
-            self.model = load_default_model(path)
-            self.model_info = {"path": path or "(shipped default)", "load_s": round(time.perf_counter() - started, 2)}
-            log.info("model loaded from %s in %.1f s", self.model_info["path"], self.model_info["load_s"])
+            self.model_path = _model_path(self.settings.model_dir)
+            self.model = load_default_model(self.model_path)
+            self.model_info = dict(self.model.describe())
+            log.info("model loaded from %s in %.1f s", self.model_path or "the package",
+                     time.perf_counter() - started)
         except Exception as exc:  # /ping reports it; the server stays up to say why
             self.model_error = f"{type(exc).__name__}: {exc}"
             log.exception("could not load the model")
@@ -139,13 +142,18 @@ class Service:
         return out
 
     def analyze_texts(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Answer a ``{"text": ...}`` request through :func:`mmva.model.default.analyze_text`."""
+        """Answer a ``{"text": ...}`` request through :func:`mmva.model.default.analyze_text`.
+
+        The reply has the analyze JSON's shape (a timeline of text-only utterances, no times).
+        """
+        from mmva.analyze.timeline import Timeline, utterance_from_dict
         from mmva.model.default import analyze_text
 
         texts, contexts, top_k = _text_request(body, self.settings.top_k)
-        utterances = analyze_text(texts, top_k=top_k, contexts=contexts)
-        return {"schema_version": _schema_version(), "source": "text", "duration": None,
-                "utterances": utterances, "model": self.model_info}
+        results = analyze_text(texts, top_k=top_k, contexts=contexts, model=self.model_path)
+        timeline = Timeline(source="text", utterances=[utterance_from_dict(r) for r in results],
+                            segmentation="text", model=dict(self.model_info))
+        return timeline.to_dict()
 
     async def receive_media(self, request: Request) -> JobInput:
         """Turn a request into a job input: an upload streamed to disk, or a checked S3 URI."""
@@ -201,21 +209,22 @@ class Service:
 
 
 def _model_path(model_dir: str | None) -> str | None:
-    # SageMaker always mounts /opt/ml/model; an empty one means "use the shipped default model".
-    if model_dir and Path(model_dir).is_dir() and any(Path(model_dir).iterdir()):
-        return model_dir
-    if model_dir and not Path(model_dir).exists():
+    """The default-model folder to load, or None for the one shipped with mmva.
+
+    SageMaker always mounts /opt/ml/model; an empty one means "use the shipped default model".
+    """
+    if not model_dir:
+        return None
+    folder = Path(model_dir)
+    if not folder.is_dir():
         raise FileNotFoundError(f"model directory {model_dir} does not exist")
-    return None
-
-
-def _schema_version() -> Any:
-    try:
-        from mmva.analyze import timeline
-
-        return getattr(timeline, "SCHEMA_VERSION", "1")
-    except ImportError:
-        return "1"
+    if (folder / "config.json").is_file():
+        return str(folder)
+    if not any(folder.iterdir()):
+        return None
+    raise ValueError(f"{model_dir} holds no default-model config.json (found: "
+                     f"{', '.join(sorted(p.name for p in folder.iterdir())[:5])}); the server analyzes with "
+                     "the default model format written by `mmva train-text --install DIR`")
 
 
 def _clear_folder(folder: Path) -> None:
@@ -437,8 +446,9 @@ def _result_response(path: Path, fmt: str, job_id: str) -> Response:
         raise RequestError(400, f"unknown format {fmt!r}; choose one of {', '.join(_FORMATS)}")
     if fmt == "json":
         return FileResponse(str(path), media_type="application/json")
-    from mmva.analyze.writers import render_result
+    from mmva.analyze.timeline import Timeline
+    from mmva.analyze.writers import get_writer
 
-    text = render_result(path.read_text(), fmt)
+    text = get_writer(fmt).to_string(Timeline.from_dict(json.loads(path.read_text())))
     disposition = f'attachment; filename="{job_id}.{fmt}"'
     return Response(text, media_type=_FORMATS[fmt], headers={"Content-Disposition": disposition})

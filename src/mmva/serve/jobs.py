@@ -131,6 +131,7 @@ class JobManager:
         self.keep_hours = keep_hours
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
+        self._closing = False
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="mmva-job")
         self._restore()
 
@@ -198,6 +199,7 @@ class JobManager:
     def shutdown(self, wait: bool = False) -> None:
         """Stop taking work; running jobs are asked to stop (they re-run after a restart)."""
         with self._lock:
+            self._closing = True
             for job in self._jobs.values():
                 if job.state in ("queued", "running"):
                     job.cancel_requested.set()
@@ -210,7 +212,7 @@ class JobManager:
 
     def _run(self, job: Job) -> None:
         with self._lock:
-            if job.state != "queued":
+            if job.state != "queued" or (self._closing and job.persist):
                 return
             if job.cancel_requested.is_set():
                 self._finish(job, "cancelled", error="cancelled before it started")
@@ -225,6 +227,12 @@ class JobManager:
             self._store_result(job, result)
             outcome: tuple[str, str | None, int | None] = ("done", None, None)
         except JobCancelled:
+            if self._closing and job.persist:
+                # Interrupted by a shutdown, not by the user: job.json still says "running" and
+                # the input stays, so the next start re-runs the job.
+                log.info("job %s interrupted by shutdown; it re-runs at the next start", job.id)
+                job.ended.set()
+                return
             outcome = ("cancelled", "cancelled while running", None)
         except JobTimedOut:
             outcome = ("failed", f"time limit of {job.timeout_s:g} s exceeded (at stage {job.stage!r})", 504)

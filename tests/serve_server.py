@@ -1,0 +1,104 @@
+"""A real `mmva serve` process on a free loopback port, for the serve, browser and load tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """``mmva serve`` in a subprocess; ``start()`` waits until GET /ping answers 200."""
+
+    def __init__(self, work_dir: Path, *args: str, env: dict[str, str] | None = None,
+                 log_path: Path | None = None, container_entry: bool = False) -> None:
+        self.container_entry = container_entry  # start through docker/serve, as the container does
+        self.work_dir = Path(work_dir)
+        self.args = list(args)
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = log_path or self.work_dir.parent / f"{self.work_dir.name}-server.log"
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 180.0) -> "ServerProcess":
+        self.port = free_port()
+        env = dict(self.env)
+        if self.container_entry:
+            cmd = [str(REPO / "docker" / "serve")]
+            env.update(SAGEMAKER_BIND_TO_PORT=str(self.port), MMVA_HOST="127.0.0.1")
+        else:
+            exe = shutil.which("mmva")
+            cmd = [exe] if exe else [sys.executable, "-c", "from mmva.cli import app; app()"]
+            cmd += ["serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd += ["--work-dir", str(self.work_dir), "--log-level", "warning", *self.args]
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mmva serve exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/ping", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"mmva serve did not answer /ping within {timeout:.0f} s:\n{self.log()}")
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM (uvicorn's graceful shutdown), then SIGKILL if it hangs. Returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        code, self.proc = self.proc.returncode, None
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 120.0), **kwargs)
+
+
+def wait_job(client: httpx.Client, job_id: str, timeout: float = 120.0) -> dict:
+    """Poll GET /jobs/{id} until the job has finished; returns its last status."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = client.get(f"/jobs/{job_id}").json()
+        if status["state"] in ("done", "failed", "cancelled"):
+            return status
+        time.sleep(0.2)
+    raise TimeoutError(f"job {job_id} still {status['state']} after {timeout:.0f} s")

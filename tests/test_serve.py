@@ -1,0 +1,270 @@
+"""`mmva serve` as users meet it: a real uvicorn process on loopback, real media, a real S3 (moto).
+
+One server (API key, 1 worker, queue of 1, 2 MB uploads) serves the whole module; the last test
+restarts it on the same work dir to check that finished jobs survive and interrupted ones re-run.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+from tests.media import random_bytes_file, talking_head, tone, write_video, face_frames
+from tests.s3 import aws_environment
+from tests.serve_server import ServerProcess, wait_job
+
+KEY = "test-key-123"
+MAX_UPLOAD_MB = 2
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, moto_server: str) -> Iterator[ServerProcess]:
+    work = tmp_path_factory.mktemp("serve") / "work"
+    srv = ServerProcess(work, "--api-key", KEY, "--workers", "1", "--max-queue", "1",
+                        "--max-upload-mb", str(MAX_UPLOAD_MB), "--request-timeout", "120",
+                        env=aws_environment(moto_server))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture()
+def client(server: ServerProcess) -> Iterator[httpx.Client]:
+    with server.client(headers={"X-API-Key": KEY}) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """About two seconds of a face saying a sentence (espeak-ng), H.264/AAC."""
+    return talking_head(tmp_path_factory.mktemp("media") / "talk.mp4", "I am so happy to see you today")
+
+
+def uploads_left(server: ServerProcess) -> list[str]:
+    folder = server.work_dir / "uploads"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def assert_analyze_json(body: dict, source: str) -> None:
+    """The reply is the analyze JSON; the original client's fields are there."""
+    assert body["schema_version"] and body["source"] == source
+    assert body["utterances"], body
+    for utt in body["utterances"]:
+        assert utt["end_time"] > utt["start_time"] >= 0
+        assert utt["emotions"][0]["label"] and 0 <= utt["emotions"][0]["confidence"] <= 1
+        assert utt["sentiments"][0]["label"] in ("negative", "neutral", "positive")
+        assert utt["modalities"]
+
+
+def test_ping_page_and_errors_are_json(server: ServerProcess) -> None:
+    with server.client() as anon:
+        assert anon.get("/ping").status_code == 200
+        page = anon.get("/")
+        assert page.status_code == 200 and "<svg" not in page.text  # the timeline is drawn by app.js
+        for asset in ("/static/app.js", "/static/style.css"):
+            r = anon.get(asset)
+            assert r.status_code == 200 and "https://" not in r.text  # no CDN: works offline
+        assert "https://" not in page.text and "http://" not in page.text
+        missing = anon.get("/no/such/route")
+        assert missing.status_code == 404 and missing.json()["error"]
+        unauth = anon.post("/invocations", json={"text": "hello"})
+        assert unauth.status_code == 401 and "API key" in unauth.json()["error"]
+        wrong = anon.post("/invocations", json={"text": "hello"}, headers={"X-API-Key": "nope"})
+        assert wrong.status_code == 401
+        assert anon.get("/info").json()["auth_required"] is True
+
+
+def test_text_invocation(client: httpx.Client) -> None:
+    r = client.post("/invocations", json={"text": ["I love this, it is wonderful!", "This is awful, I hate it."]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    joyful, angry = body["utterances"]
+    assert joyful["text"] == "I love this, it is wonderful!" and joyful["modalities"] == ["text"]
+    assert joyful["sentiments"][0]["label"] == "positive"
+    assert angry["sentiments"][0]["label"] == "negative"
+    assert abs(sum(e["confidence"] for e in joyful["emotions"]) - 1) < 0.5  # top-3 of a distribution
+    bearer = client.post("/invocations", json={"text": "hi", "top_k": 1},
+                         headers={"X-API-Key": "", "Authorization": f"Bearer {KEY}"})
+    assert bearer.status_code == 200 and len(bearer.json()["utterances"][0]["emotions"]) == 1
+    assert client.post("/invocations", json={"text": 42}).status_code == 400
+    assert client.post("/invocations", json={"text": "hi", "top_k": 99}).status_code == 400
+
+
+def test_raw_and_multipart_upload(client: httpx.Client, server: ServerProcess, video: Path) -> None:
+    data = video.read_bytes()
+    raw = client.post("/invocations", content=data, headers={"Content-Type": "video/mp4", "X-Filename": "talk.mp4"})
+    assert raw.status_code == 200, raw.text
+    assert_analyze_json(raw.json(), "talk.mp4")
+    assert "text" in raw.json()["utterances"][0]["modalities"]
+    multi = client.post("/invocations", files={"file": ("my clip.mp4", data, "video/mp4")})
+    assert multi.status_code == 200, multi.text
+    assert_analyze_json(multi.json(), "my clip.mp4")
+    assert uploads_left(server) == []  # temp files are always removed
+
+
+def test_audio_upload(client: httpx.Client, tmp_path: Path) -> None:
+    from tests.media import speak, write_wav
+
+    wav = write_wav(tmp_path / "voice.wav", speak("this is only my voice"))
+    r = client.post("/invocations", content=wav.read_bytes(), headers={"Content-Type": "audio/wav"})
+    assert r.status_code == 200, r.text
+    utts = r.json()["utterances"]
+    assert utts and "video" not in utts[0]["modalities"]
+
+
+def test_original_client_s3_request(client: httpx.Client, s3_bucket: str, video: Path) -> None:
+    import boto3
+
+    bucket = s3_bucket.removeprefix("s3://")
+    boto3.client("s3").upload_file(str(video), bucket, "in/talk.mp4")
+    uri = f"s3://{bucket}/in/talk.mp4"
+    # Exactly what the original system's clients send.
+    r = client.post("/invocations", content=json.dumps({"video_path": uri}),
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert_analyze_json(r.json(), uri)
+    job = client.post("/jobs", json={"s3_uri": uri})
+    assert job.status_code == 202, job.text
+    assert wait_job(client, job.json()["id"])["state"] == "done"
+    missing = client.post("/invocations", json={"s3_uri": f"s3://{bucket}/nope.mp4"})
+    assert missing.status_code == 404 and "nope.mp4" in missing.json()["error"]
+
+
+@pytest.mark.parametrize("body", [{"video_path": "/etc/passwd"}, {"s3_uri": "file:///etc/hosts"},
+                                  {"video_path": "../../secret.mp4"}, {"s3_uri": "s3://bucket-only"}])
+def test_server_side_paths_are_refused(client: httpx.Client, body: dict) -> None:
+    r = client.post("/invocations", json=body)
+    assert r.status_code == 400 and "s3://" in r.json()["error"]
+
+
+def test_content_type_and_bad_media(client: httpx.Client, server: ServerProcess, tmp_path: Path) -> None:
+    r = client.post("/invocations", content=b"hello", headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415 and "text/plain" in r.json()["error"]
+    r = client.post("/jobs", files={"file": ("notes.txt", b"hello", "text/plain")})
+    assert r.status_code == 415
+    r = client.post("/invocations", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "JSON" in r.json()["error"]
+    junk = random_bytes_file(tmp_path / "junk.mp4", 4096)
+    r = client.post("/invocations", content=junk.read_bytes(), headers={"Content-Type": "video/mp4", "X-Filename": "junk.mp4"})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"].startswith("junk.mp4") and str(server.work_dir) not in r.json()["error"]
+    assert client.post("/invocations", content=b"", headers={"Content-Type": "video/mp4"}).status_code == 400
+    assert uploads_left(server) == []
+
+
+def test_upload_size_limit(client: httpx.Client, server: ServerProcess) -> None:
+    too_big = b"\0" * (MAX_UPLOAD_MB * 1024 * 1024 + 1)
+    declared = client.post("/invocations", content=too_big, headers={"Content-Type": "video/mp4"})
+    assert declared.status_code == 413 and "limit" in declared.json()["error"]
+
+    # No Content-Length (chunked): refused while streaming, after about the limit, not at the end.
+    sent = 0
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal sent
+        for _ in range(400):  # would be 25 MB
+            sent += 65536
+            yield b"\0" * 65536
+
+    try:
+        streamed = client.post("/jobs", content=chunks(), headers={"Content-Type": "video/mp4"})
+        assert streamed.status_code == 413, streamed.text
+    except httpx.HTTPError:
+        pass  # the server may close the connection before the client has read its 413
+    assert sent < 12 * 1024 * 1024
+    assert uploads_left(server) == []
+    assert not any((server.work_dir / "jobs").glob("*/input*"))
+
+
+def test_declared_length_refused_before_body(server: ServerProcess) -> None:
+    """A 10 GB Content-Length gets its 413 without the server waiting for (or storing) the body."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: video/mp4\r\n"
+                     b"X-API-Key: " + KEY.encode() + b"\r\nContent-Length: 10000000000\r\n\r\n")
+        reply = sock.recv(4096).decode()
+    assert reply.startswith("HTTP/1.1 413"), reply
+
+
+def test_job_lifecycle_and_formats(client: httpx.Client, video: Path) -> None:
+    r = client.post("/jobs", content=video.read_bytes(), headers={"Content-Type": "video/mp4", "X-Filename": "talk.mp4"})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["state"] in ("queued", "running") and r.headers["location"] == f"/jobs/{job['id']}"
+    early = client.get(f"/jobs/{job['id']}/result")
+    assert early.status_code in (200, 409)
+    seen: set[str] = set()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status = client.get(f"/jobs/{job['id']}").json()
+        seen.add(status["stage"])
+        if status["state"] in ("done", "failed", "cancelled"):
+            break
+        time.sleep(0.1)
+    assert status["state"] == "done" and status["progress"] == 1.0, status
+    result = client.get(f"/jobs/{job['id']}/result").json()
+    assert_analyze_json(result, "talk.mp4")
+    srt = client.get(f"/jobs/{job['id']}/result", params={"format": "srt"})
+    assert srt.status_code == 200 and "-->" in srt.text and result["utterances"][0]["emotions"][0]["label"] in srt.text
+    vtt = client.get(f"/jobs/{job['id']}/result", params={"format": "vtt"})
+    assert vtt.text.startswith("WEBVTT")
+    assert client.get(f"/jobs/{job['id']}/result", params={"format": "exe"}).status_code == 400
+    assert job["id"] in [j["id"] for j in client.get("/jobs").json()["jobs"]]
+    assert client.get("/jobs/0123456789abcdef0123456789abcdef").status_code == 404
+    assert client.get("/jobs/..%2F..%2Fetc").status_code == 404
+
+
+def test_backpressure_and_cancel(client: httpx.Client, tmp_path: Path) -> None:
+    """1 worker + a queue of 1: a third job gets 429; a queued job cancels at once, a running one soon."""
+    long_video = write_video(tmp_path / "long.mp4", face_frames(60, 64), fps=5, audio=tone(12.0))
+    data = long_video.read_bytes()
+    headers = {"Content-Type": "video/mp4"}
+    first = client.post("/jobs", content=data, headers=headers).json()
+    second = client.post("/jobs", content=data, headers=headers).json()
+    third = client.post("/jobs", content=data, headers=headers)
+    assert third.status_code == 429 and third.headers.get("retry-after"), third.text
+    sync = client.post("/invocations", content=data, headers=headers)
+    assert sync.status_code == 503 and sync.headers.get("retry-after")
+    cancelled = client.post(f"/jobs/{second['id']}/cancel")
+    assert cancelled.status_code == 202 and cancelled.json()["state"] == "cancelled"
+    client.delete(f"/jobs/{first['id']}")
+    final = wait_job(client, first["id"], timeout=60)
+    assert final["state"] in ("cancelled", "done")  # done only if it finished before the cancel arrived
+    assert client.get(f"/jobs/{second['id']}/result").status_code == 409
+    # Capacity is back.
+    again = client.post("/jobs", content=data, headers=headers)
+    assert again.status_code == 202
+    client.post(f"/jobs/{again.json()['id']}/cancel")
+    wait_job(client, again.json()["id"], timeout=60)
+
+
+def test_restart_keeps_finished_jobs_and_reruns_interrupted(server: ServerProcess, video: Path,
+                                                            tmp_path: Path, moto_server: str) -> None:
+    """Stop the server mid-job and start it again through the container's entry script (docker/serve,
+    with an empty model folder as SageMaker mounts it): finished results are still there and the
+    interrupted job runs to the end."""
+    headers = {"X-API-Key": KEY, "Content-Type": "video/mp4"}
+    with server.client(headers=headers) as c:
+        done_id = c.post("/jobs", content=video.read_bytes()).json()["id"]
+        assert wait_job(c, done_id)["state"] == "done"
+        before = c.get(f"/jobs/{done_id}/result").json()
+        interrupted = c.post("/jobs", content=video.read_bytes()).json()["id"]
+        was = c.get(f"/jobs/{interrupted}").json()["state"]
+    assert server.stop() == 0  # graceful shutdown
+    empty_model_dir = tmp_path / "opt-ml-model"
+    empty_model_dir.mkdir()
+    again = ServerProcess(server.work_dir, "--api-key", KEY, env={**aws_environment(moto_server),
+                          "MMVA_MODEL_DIR": str(empty_model_dir)}, container_entry=True)
+    again.start()
+    try:
+        with again.client(headers=headers) as c:
+            assert c.get(f"/jobs/{done_id}/result").json() == before
+            final = wait_job(c, interrupted)
+            assert final["state"] == "done", (was, final)
+    finally:
+        again.stop()
