@@ -50,8 +50,8 @@ class CSVWriter(Writer):
         buf = io.StringIO()
         out = csv.writer(buf, lineterminator="\n")
         out.writerow(["index", "start_time", "end_time", "text", "emotion", "emotion_confidence", "sentiment",
-                      "sentiment_confidence", "modalities", *[f"p_{e}" for e in EMOTIONS],
-                      *[f"p_{s}" for s in SENTIMENTS]])
+                      "sentiment_confidence", "modalities", *[f"p_emotion_{e}" for e in EMOTIONS],
+                      *[f"p_sentiment_{s}" for s in SENTIMENTS]])
         for i, u in enumerate(timeline.utterances):
             emo = u.emotions[0] if u.emotions else {"label": "", "confidence": ""}
             sen = u.sentiments[0] if u.sentiments else {"label": "", "confidence": ""}

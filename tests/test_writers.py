@@ -1,0 +1,150 @@
+"""Output writers: every format carries the timeline's content and reads back with standard tools."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from html.parser import HTMLParser
+
+import numpy as np
+import pysubs2
+import pytest
+
+from mmva.analyze.subtitles import read_subtitles
+from mmva.analyze.timeline import SCHEMA_VERSION, Timeline, apply_prediction
+from mmva.analyze.writers import FORMATS, get_writer, output_stem, parse_formats, write_outputs
+from mmva.io import storage
+from mmva.labels import EMOTIONS, SENTIMENTS
+from mmva.types import Utterance
+
+
+def _pred(emotion: int, sentiment: int, modalities: list[str], sharp: float = 0.8) -> dict:
+    e = np.full(7, (1 - sharp) / 6)
+    e[emotion] = sharp
+    s = np.full(3, (1 - sharp) / 2)
+    s[sentiment] = sharp
+    return {"emotion": e.astype(np.float32), "sentiment": s.astype(np.float32), "modalities": modalities,
+            "per_modality": {m: {"emotion": e.tolist(), "sentiment": s.tolist()} for m in modalities}}
+
+
+@pytest.fixture()
+def timeline() -> Timeline:
+    utts = [
+        Utterance(text="I love this, \"truly\"!", start_time=0.5, end_time=2.0),
+        Utterance(text="This is <b>awful</b>\nreally.", start_time=3.0, end_time=7.0),
+        Utterance(text="", start_time=8.0, end_time=9.0),  # nothing observed: no prediction
+        Utterance(text="Wow.", start_time=9.5, end_time=10.0),
+    ]
+    preds = [_pred(3, 2, ["text", "video"]), _pred(0, 0, ["text", "audio", "video"], 0.6), None,
+             _pred(6, 1, ["text"])]
+    for u, p in zip(utts, preds):
+        apply_prediction(u, p, k=3)
+    return Timeline(source="talks/interview.mp4", duration=10.5, utterances=utts, segmentation="asr",
+                    model={"name": "test"}, problems=["no face in 1 utterance"])
+
+
+def test_json_keeps_the_original_fields_and_round_trips(timeline):
+    data = json.loads(get_writer("json").to_string(timeline))
+    assert data["schema_version"] == SCHEMA_VERSION
+    first = data["utterances"][0]
+    assert list(first)[:5] == ["start_time", "end_time", "text", "emotions", "sentiments"]
+    assert first["emotions"][0] == {"label": "joy", "confidence": pytest.approx(0.8, abs=1e-4)}
+    assert [e["confidence"] for e in first["emotions"]] == sorted((e["confidence"] for e in first["emotions"]),
+                                                                  reverse=True)
+    assert len(first["emotions"]) == 3 and len(first["sentiments"]) == 3
+    assert set(first["per_modality"]) == {"text", "video"} and first["modalities"] == ["text", "video"]
+    assert sum(first["emotion_probs"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert data["utterances"][2]["emotions"] == [] and data["utterances"][2]["modalities"] == []
+    summary = data["summary"]
+    # 4 s of anger vs 1.5 s of joy and 0.5 s of surprise; the unpredicted utterance takes no share
+    assert summary["dominant_emotion"] == "anger"
+    assert summary["emotion_share"]["anger"] == pytest.approx(4 / 6, abs=1e-3)
+    assert summary["n_utterances"] == 4 and summary["n_predicted"] == 3
+    assert summary["modality_usage"] == {"text": 3, "audio": 1, "video": 2}
+    scores = [b["score"] for b in summary["sentiment_over_time"] if b["score"] is not None]
+    assert min(scores) < 0 < max(scores)
+    again = Timeline.from_dict(data)
+    assert json.loads(get_writer("json").to_string(again)) == data
+
+
+def test_csv_has_one_row_per_utterance_with_probabilities(timeline):
+    rows = list(csv.DictReader(io.StringIO(get_writer("csv").to_string(timeline))))
+    assert len(rows) == 4
+    assert rows[0]["text"] == "I love this, \"truly\"!" and rows[1]["text"] == "This is <b>awful</b>\nreally."
+    assert rows[0]["emotion"] == "joy" and rows[1]["sentiment"] == "negative"
+    assert rows[1]["modalities"] == "text+audio+video"
+    assert sum(float(rows[0][f"p_emotion_{e}"]) for e in EMOTIONS) == pytest.approx(1.0, abs=1e-3)
+    assert sum(float(rows[0][f"p_sentiment_{s}"]) for s in SENTIMENTS) == pytest.approx(1.0, abs=1e-3)
+    assert rows[2]["emotion"] == "" and rows[2]["p_emotion_joy"] == ""
+
+
+@pytest.mark.parametrize("fmt", ["srt", "vtt"])
+def test_subtitles_carry_the_emotion_in_each_cue(timeline, tmp_path, fmt):
+    path = tmp_path / f"out.{fmt}"
+    get_writer(fmt).write(timeline, str(path))
+    subs = pysubs2.load(str(path))
+    assert [(e.start, e.end) for e in subs] == [(500, 2000), (3000, 7000), (8000, 9000), (9500, 10000)]
+    assert subs[0].plaintext.startswith("[joy 80% · positive] I love this")
+    assert subs[1].plaintext.startswith("[anger 60% · negative]")
+    back = read_subtitles(str(path))  # our own reader takes the file as segmentation input again
+    assert [u.start_time for u in back] == [0.5, 3.0, 8.0, 9.5]
+    if fmt == "vtt":
+        assert path.read_text().startswith("WEBVTT")
+
+
+def test_subtitles_skip_utterances_without_times(timeline):
+    timeline.utterances.append(Utterance(text="no time"))
+    assert "no time" not in get_writer("srt").to_string(timeline)
+
+
+class _Collect(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_html_report_is_self_contained_with_plot_and_table(timeline):
+    html = get_writer("html").to_string(timeline)
+    parser = _Collect()
+    parser.feed(html)
+    tags = parser.tags
+    # nothing loaded from elsewhere: no external scripts, styles, images or fonts
+    for tag, attrs in tags:
+        for key in ("src", "href"):
+            assert not attrs.get(key), f"<{tag} {key}={attrs.get(key)}> loads an external resource"
+    assert "http://" not in html and "https://" not in html
+    bars = [a for t, a in tags if t == "rect" and a.get("class") == "utt"]
+    assert len(bars) == 3  # one per predicted utterance
+    assert any(t == "polyline" for t, _ in tags)  # sentiment line
+    rows = [t for t, _ in tags if t == "tr"]
+    assert len(rows) == 1 + 4  # header + utterances
+    text = "".join(parser.text)
+    assert "This is <b>awful</b>" in text  # escaped in the markup, shown literally
+    assert "<b>awful</b>" not in html
+    assert "no face in 1 utterance" in text and "anger" in text
+
+
+def test_formats_and_paths(timeline, tmp_path):
+    assert parse_formats("json, HTML") == ["json", "html"]
+    assert parse_formats("all") == list(FORMATS)
+    with pytest.raises(ValueError, match="unknown output format 'pdf'"):
+        parse_formats("json,pdf")
+    assert output_stem("s3://b/x/talk.final.mp4") == "talk.final.mmva"
+    written = write_outputs(timeline, str(tmp_path / "out"), list(FORMATS))
+    assert [p.rsplit(".", 1)[1] for p in written] == list(FORMATS)
+    assert all((tmp_path / "out" / f"interview.mmva.{ext}").stat().st_size > 0 for ext in FORMATS)
+    assert not list((tmp_path / "out").glob(".*tmp"))  # atomic writes leave no temp files
+
+
+def test_outputs_to_s3(timeline, s3_bucket):
+    written = write_outputs(timeline, f"{s3_bucket}/results", ["json", "srt"])
+    assert written == [f"{s3_bucket}/results/interview.mmva.json", f"{s3_bucket}/results/interview.mmva.srt"]
+    assert json.loads(storage.read_text(written[0]))["utterances"][0]["emotions"][0]["label"] == "joy"
