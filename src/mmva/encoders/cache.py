@@ -104,10 +104,11 @@ def file_digest(path: str) -> str:
 def decode_options(data: DataConfig) -> dict[str, Any]:
     """How :func:`extract_features` decodes media for the encoders; part of every media key.
 
-    Frames are decoded with their longer side at ``max(320, frame_size)``: enough for face detection
-    (which works at 320) and for the video encoder's own resize.
+    Frames are decoded with their longer side at ``max(256, frame_size)``, as
+    :class:`mmva.data.UtteranceDataset` does for a cache miss, so both paths see the same pixels:
+    enough for face detection and for the video encoder's own resize.
     """
-    return {"num_frames": data.num_frames, "max_side": max(320, data.frame_size), "sample_rate": data.sample_rate}
+    return {"num_frames": data.num_frames, "max_side": max(256, data.frame_size), "sample_rate": data.sample_rate}
 
 
 def _context(utt: Utterance) -> list[str]:

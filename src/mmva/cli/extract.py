@@ -1,0 +1,56 @@
+"""`mmva extract`: compute frozen-encoder features of a corpus once, into a feature cache."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from mmva.cli import app, console
+
+
+@app.command("extract")
+def extract_cmd(
+    data: str = typer.Option(..., "--data", help="Corpus folder, manifest file, or s3:// URI."),
+    split: list[str] = typer.Option(["train"], "--split", help="Split(s) to extract (repeat for several)."),
+    encoders: str = typer.Option("minilm,face-expression", "--encoders",
+                                 help="Comma-separated encoder names (see `mmva encoders`)."),
+    cache: str = typer.Option(..., "--cache", help="Feature cache folder or s3:// prefix."),
+    workers: int = typer.Option(2, "--workers", help="Threads decoding and preparing clips."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Clips per encoder forward pass."),
+    config: str = typer.Option("reference", "--config",
+                               help="Config preset or YAML whose data settings (frames, sample rate, "
+                                    "context turns) and encoder options to use; match the one you train with."),
+    override: Optional[list[str]] = typer.Option(None, "--set", help="Config override section.key=value."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Compute encoder features for a corpus into a cache (resumable; a rerun computes only what is missing)."""
+    from mmva.config import load_config
+    from mmva.data.corpus import load_corpus
+    from mmva.encoders.base import create_encoder, encoder_class
+    from mmva.encoders.cache import FeatureCache, extract_features
+
+    cfg = load_config(config, override or [])
+    encs = {}
+    for name in [n.strip() for n in encoders.split(",") if n.strip()]:
+        cls = encoder_class(name)
+        if cls.modality in encs:
+            raise typer.BadParameter(f"two {cls.modality} encoders given ({encs[cls.modality].name}, {name})")
+        options = {**cls.options_from_data(cfg.data), **cfg.model.encoder_options.get(name, {})}
+        encs[cls.modality] = create_encoder(name, **options).freeze()
+    store = FeatureCache(cache)
+    failed = 0
+    for sp in split:
+        corpus = load_corpus(data, sp)
+        console.print(f"[bold]{sp}[/]: {len(corpus.utterances)} utterances, encoders "
+                      f"{', '.join(e.name for e in encs.values())} -> {store.root}")
+        for problem in corpus.problems[:10]:
+            console.print(f"  [yellow]corpus:[/] {problem}")
+        if len(corpus.problems) > 10:
+            console.print(f"  [yellow]corpus:[/] ... and {len(corpus.problems) - 10} more problems")
+        report = extract_features(corpus.utterances, encs, store, cfg.data, workers=workers,
+                                  progress=progress, batch_size=batch_size)
+        console.print(report.summary())
+        failed += len(report.failed)
+    if failed:
+        console.print(f"[yellow]{failed} item(s) skipped; everything else is cached.[/]")
