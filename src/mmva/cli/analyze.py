@@ -92,40 +92,41 @@ def analyze_cmd(
                                    progress=lambda stage, f: bar.update(task, description=stage, completed=f),
                                    **kwargs)
             except Exception as exc:  # noqa: BLE001 - the message names the file and the problem
-                console.print(f"[red]error:[/] {_message(files[0], exc)}")
+                console.print(f"[red]error:[/] {_message(files[0], exc)}", soft_wrap=True)
                 raise typer.Exit(1) from None
         written = write_outputs(timeline, out, formats)
         if not quiet:
             stdout.print(timeline_table(timeline))
             for p in timeline.problems:
-                console.print(f"[yellow]note:[/] {p}")
-            console.print("wrote " + ", ".join(written))
+                console.print(f"[yellow]note:[/] {p}", soft_wrap=True)
+            console.print("wrote " + ", ".join(written), soft_wrap=True)
         return
-    result = _run_batch(files, out, formats, quiet, kwargs)
-    console.print(result.summary(), style="red" if result.failed else None, highlight=False)
+    result = _run_batch(inputs, len(files), out, formats, quiet, kwargs)
+    console.print(result.summary(), style="red" if result.failed else None, highlight=False, soft_wrap=True)
     raise typer.Exit(1 if result.failed else 0)
 
 
-def _run_batch(files: list[str], out: str, formats: list[str], quiet: bool, kwargs: dict[str, Any]) -> Any:
+def _run_batch(inputs: list[str], n_files: int, out: str, formats: list[str], quiet: bool,
+               kwargs: dict[str, Any]) -> Any:
     from mmva.analyze import analyze_batch
 
     with _progress_bar(quiet) as bar:
-        overall = bar.add_task(f"{len(files)} file(s)", total=len(files))
+        overall = bar.add_task(f"{n_files} file(s)", total=n_files)
         current = bar.add_task("", total=1.0)
 
         def on_result(src: str, timeline: Any, error: str | None) -> None:
             bar.advance(overall)
             if error:
-                bar.console.print(f"[red]failed:[/] {_message(src, error)}")
+                bar.console.print(f"[red]failed:[/] {_message(src, error)}", soft_wrap=True)
             elif not quiet:
                 s = timeline.summary
                 bar.console.print(f"[green]ok:[/] {src}: {s['n_utterances']} utterance(s), "
-                                  f"dominant {s['dominant_emotion'] or '-'}")
+                                  f"dominant {s['dominant_emotion'] or '-'}", soft_wrap=True)
 
         def progress(stage: str, f: float) -> None:
             bar.update(current, description=stage, completed=f)
 
-        return analyze_batch(files, out_dir=out, formats=formats, on_result=on_result, progress=progress, **kwargs)
+        return analyze_batch(inputs, out_dir=out, formats=formats, on_result=on_result, progress=progress, **kwargs)
 
 
 def _message(src: str, exc: BaseException | str) -> str:

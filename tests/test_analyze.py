@@ -1,0 +1,238 @@
+"""End-to-end `analyze` on generated talking videos: a real face photo, espeak-ng speech, PyAV muxing,
+the offline Whisper model and the default model that ships with mmva."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import mmva
+from mmva.analyze import AnalyzeOptions, analyze
+from mmva.analyze.pipeline import FrameCollector
+from mmva.cli import app
+from tests.media import face_frames, moving_frames, random_bytes_file, silence, speak, write_video, write_wav
+
+RATE = 16000
+SENTENCES = ("I am so happy to see you today", "This is terrible news for all of us",
+             "Oh no I am scared of the dark")
+KEYWORDS = ("happy", "terrible", "dark")
+
+
+def _speech(sentences=SENTENCES, pause: float = 1.0) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """Sentences separated by `pause` s of silence (0.5 s lead-in); returns audio and true spans."""
+    parts, spans, t = [silence(0.5)], [], 0.5
+    for s in sentences:
+        a = speak(s)
+        spans.append((t, t + len(a) / RATE))
+        parts += [a, silence(pause)]
+        t += len(a) / RATE + pause
+    return np.concatenate(parts), spans
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("analyze")
+    audio, spans = _speech()
+    n = int(len(audio) / RATE * 10) + 1
+    faces = face_frames(n, 128)
+    out = {"root": root, "spans": spans, "duration": len(audio) / RATE}
+    out["talk"] = write_video(root / "talk.mp4", faces, fps=10, audio=audio)
+    out["noface"] = write_video(root / "noface.mp4", moving_frames(n, 96, 96), fps=10, audio=audio)
+    out["mute"] = write_video(root / "mute.mp4", faces[:60], fps=10)
+    out["silent"] = write_video(root / "silent.mp4", faces[:30], fps=10, audio=silence(3.0))
+    out["wav"] = write_wav(root / "voice.wav", audio)
+    return out
+
+
+@pytest.fixture(scope="module")
+def talk_timeline(media):
+    stages = []
+    timeline = analyze(str(media["talk"]), progress=lambda s, f: stages.append((s, f)))
+    return timeline, stages
+
+
+def _close(spans_a, spans_b, tol):
+    return all(abs(a0 - b0) <= tol and abs(a1 - b1) <= tol for (a0, a1), (b0, b1) in zip(spans_a, spans_b))
+
+
+def test_utterances_and_times_match_the_speech(media, talk_timeline):
+    timeline, stages = talk_timeline
+    utts = timeline.utterances
+    assert len(utts) == 3, [u.text for u in utts]
+    assert _close([(u.start_time, u.end_time) for u in utts], media["spans"], 0.5), \
+        ([(u.start_time, u.end_time) for u in utts], media["spans"])
+    for u, word in zip(utts, KEYWORDS):
+        assert word in u.text.lower()
+        assert "text" in u.modalities and "video" in u.modalities  # the face is seen
+        assert len(u.emotions) == 3 and len(u.sentiments) == 3
+        confs = [e["confidence"] for e in u.emotions]
+        assert confs == sorted(confs, reverse=True) and 0 < sum(confs) <= 1.0001
+        assert set(u.per_modality) == set(u.modalities)
+    assert timeline.segmentation == "asr" and "asr" in timeline.model
+    assert timeline.duration == pytest.approx(media["duration"], abs=0.2)
+    summary = timeline.summary
+    assert summary["dominant_emotion"] in mmva.EMOTIONS
+    assert sum(summary["emotion_share"].values()) == pytest.approx(1.0, abs=1e-3)
+    # the progress hook saw every stage in order and ended at 1.0
+    names = [s for s, _ in stages]
+    assert names[0] == "probe" and names[-1] == "done" and stages[-1][1] == 1.0
+    assert {"speech", "frames", "emotions"} <= set(names)
+    fractions = [f for _, f in stages]
+    assert fractions == sorted(fractions)
+
+
+def test_text_drives_the_prediction(talk_timeline):
+    timeline, _ = talk_timeline
+    happy, terrible, _ = timeline.utterances
+    assert happy.sentiments[0]["label"] == "positive"
+    assert terrible.extra["sentiment_probs"]["negative"] > happy.extra["sentiment_probs"]["negative"]
+
+
+def test_short_windows_stream_the_same_result(media, talk_timeline):
+    # windows of 4 s (cut at pauses) instead of one: same utterances, so long files can stream
+    windowed = analyze(str(media["talk"]), options=AnalyzeOptions(window=4.0, lookahead=2.0))
+    whole = talk_timeline[0]
+    assert len(windowed.utterances) == len(whole.utterances) == 3
+    assert all(word in u.text.lower() for u, word in zip(windowed.utterances, KEYWORDS))  # ASR words may vary
+    assert _close([(u.start_time, u.end_time) for u in windowed.utterances],
+                  [(u.start_time, u.end_time) for u in whole.utterances], 0.3)
+
+
+def test_subtitles_beside_the_video_replace_speech_recognition(media, tmp_path):
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(Path(media["talk"]).read_bytes())
+    (tmp_path / "clip.srt").write_text("1\n00:00:00,500 --> 00:00:02,400\nWhat a wonderful day!\n\n"
+                                       "2\n00:00:03,400 --> 00:00:05,500\nI hate this so much.\n")
+    timeline = analyze(str(video))
+    assert timeline.segmentation == "subtitles"
+    assert [(u.start_time, u.end_time, u.text) for u in timeline.utterances] == [
+        (0.5, 2.4, "What a wonderful day!"), (3.4, 5.5, "I hate this so much.")]
+    assert "speech" not in timeline.timings and "asr" not in timeline.model  # no ASR ran
+    assert all({"text", "video"} <= set(u.modalities) for u in timeline.utterances)
+    assert timeline.utterances[0].sentiments[0]["label"] == "positive"
+    assert timeline.utterances[1].sentiments[0]["label"] == "negative"
+
+
+def test_embedded_subtitle_stream(media, tmp_path):
+    srt = tmp_path / "cues.srt"
+    srt.write_text("1\n00:00:00,500 --> 00:00:02,400\nEmbedded one.\n\n2\n00:00:03,400 --> 00:00:05,500\nEmbedded two.\n")
+    mkv = tmp_path / "movie.mkv"
+    with av.open(str(media["talk"])) as src, av.open(str(srt)) as subs, av.open(str(mkv), "w") as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in (src.streams.video[0], src.streams.audio[0])}
+        sub_out = out.add_stream_from_template(subs.streams.subtitles[0])
+        for packet in src.demux():
+            if packet.dts is not None:
+                packet.stream = streams[packet.stream.index]
+                out.mux(packet)
+        for packet in subs.demux():
+            if packet.dts is not None:
+                packet.stream = sub_out
+                out.mux(packet)
+    timeline = analyze(str(mkv))
+    assert timeline.segmentation == "embedded-subtitles"
+    assert [u.text for u in timeline.utterances] == ["Embedded one.", "Embedded two."]
+    assert abs(timeline.utterances[1].start_time - 3.4) < 0.2
+
+
+def test_audio_only_input(media):
+    timeline = analyze(str(media["wav"]))
+    assert len(timeline.utterances) == 3
+    assert _close([(u.start_time, u.end_time) for u in timeline.utterances], media["spans"], 0.5)
+    assert all("video" not in u.modalities and "text" in u.modalities for u in timeline.utterances)
+    assert timeline.media["has_video"] is False
+
+
+def test_video_without_audio_is_analysed_from_the_face(media):
+    timeline = analyze(str(media["mute"]))
+    assert timeline.segmentation == "windows"
+    assert any("no audio" in p for p in timeline.problems)
+    assert [(u.start_time, u.end_time) for u in timeline.utterances] == [(0.0, 5.0), (5.0, 6.0)]
+    assert all(u.modalities == ["video"] and u.text == "" for u in timeline.utterances)
+
+
+def test_video_without_a_face_uses_words_and_voice_only(media):
+    timeline = analyze(str(media["noface"]))
+    assert len(timeline.utterances) == 3
+    assert all("video" not in u.modalities and "text" in u.modalities for u in timeline.utterances)
+
+
+def test_silence_gives_no_utterances(media, tmp_path):
+    timeline = analyze(str(media["silent"]))
+    assert timeline.utterances == [] and timeline.segmentation == "asr"
+    assert timeline.summary["dominant_emotion"] is None
+    data = json.loads(json.dumps(timeline.to_dict()))
+    assert data["utterances"] == [] and data["summary"]["n_utterances"] == 0
+
+
+def test_transcript_and_subtitle_file_inputs(tmp_path):
+    txt = tmp_path / "notes.txt"
+    txt.write_text("I am thrilled, this is the best day ever!\nThat was a disgusting thing to do.\n")
+    timeline = mmva.analyze(str(txt))  # the package forwards calls to analyze()
+    assert timeline.segmentation == "transcript"
+    assert [u.start_time for u in timeline.utterances] == [None, None]
+    assert all(u.modalities == ["text"] for u in timeline.utterances)
+    assert timeline.utterances[0].sentiments[0]["label"] == "positive"
+    vtt = tmp_path / "cues.vtt"
+    vtt.write_text("WEBVTT\n\n00:01.000 --> 00:02.000\nI love you.\n")
+    t2 = analyze(str(vtt))
+    assert (t2.segmentation, t2.utterances[0].start_time, t2.utterances[0].modalities) == ("subtitles", 1.0, ["text"])
+
+
+def test_frame_collector_keeps_k_frames_nearest_to_targets():
+    c = FrameCollector([(0.0, 4.0), (10.0, 10.2)], fps=2.0, k_max=3)
+    for i in range(0, 25):  # a frame every 0.5 s
+        c.add(i * 0.5, np.full((1, 1, 3), i, np.uint8))
+    assert c.frames(0)[:, 0, 0, 0].tolist() == [1, 4, 7]  # nearest to 0.67, 2.0, 3.33 s
+    assert c.frames(1)[:, 0, 0, 0].tolist() == [20]
+    empty = FrameCollector([(100.0, 101.0)], fps=2.0, k_max=3)
+    empty.add(0.0, np.zeros((1, 1, 3), np.uint8))
+    assert empty.frames(0) is None
+
+
+def test_cli_batch_reports_the_corrupt_file_and_does_the_rest(media, tmp_path):
+    folder = tmp_path / "inbox"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "talk.mp4").write_bytes(Path(media["talk"]).read_bytes())
+    (folder / "sub" / "voice.wav").write_bytes(Path(media["wav"]).read_bytes())
+    random_bytes_file(folder / "broken.mp4")
+    (folder / "readme.md").write_text("not media")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["analyze", str(folder), "--out", str(out), "--format", "json,srt", "-q"])
+    assert result.exit_code == 1, result.output
+    assert "broken.mp4" in result.output and "not a readable media file" in result.output
+    assert "analysed 2 file(s), 1 failed" in result.output
+    data = json.loads((out / "talk.mmva.json").read_text())
+    assert len(data["utterances"]) == 3
+    assert (out / "sub" / "voice.mmva.json").exists() and (out / "talk.mmva.srt").exists()
+    assert not list(out.rglob("broken*"))
+
+
+def test_cli_single_file_errors_are_clear(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["analyze", str(tmp_path / "missing.mp4")])
+    assert result.exit_code == 1 and "missing.mp4: file not found" in result.output
+    assert runner.invoke(app, ["analyze"]).exit_code == 2
+    assert runner.invoke(app, ["analyze", "x.mp4", "--format", "pdf"]).exit_code == 2
+
+
+def test_readme_sample_command_runs_offline(tmp_path):
+    # the README's main command, as a user runs it: a real process, no network
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", "from mmva.cli import app; app()", "analyze", "--sample", "--out", str(tmp_path),
+                           "--format", "all"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((tmp_path / "mmva-sample.mmva.json").read_text())
+    assert len(data["utterances"]) >= 3
+    assert {u["modalities"][0] for u in data["utterances"]} <= {"text", "audio", "video"}
+    assert all(len(u["modalities"]) >= 2 for u in data["utterances"])
+    for ext in ("csv", "srt", "vtt", "html"):
+        assert (tmp_path / f"mmva-sample.mmva.{ext}").stat().st_size > 0
+    assert "joy" in proc.stdout or "anger" in proc.stdout or "sadness" in proc.stdout
