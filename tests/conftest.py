@@ -22,3 +22,14 @@ def meld_dir() -> Path:
     if not (MELD_DIR / "dev_sent_emo.csv").exists():
         pytest.skip(f"MELD transcripts not found in {MELD_DIR} (set MMVA_MELD_DIR)")
     return MELD_DIR
+
+
+@pytest.fixture(scope="session")
+def generated_corpus(tmp_path_factory) -> Path:
+    """A small generated MELD-format corpus (train + dev, 6 clips per emotion each; ~5 s to make).
+
+    Each modality carries the label on its own (see ``mmva.data.synth``); do not write into it.
+    """
+    from mmva.data.synth import make_corpus
+
+    return make_corpus(tmp_path_factory.mktemp("generated_corpus"), n_per_class=6, seed=0)

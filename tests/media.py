@@ -18,7 +18,7 @@ from mmva.data.synth import face_photo, speak, write_mp4
 __all__ = [
     "write_video", "speak", "face_photo", "tone", "silence", "moving_frames", "face_frames",
     "rotate_mp4", "truncate", "random_bytes_file", "zero_byte_file", "corrupt_video_packets",
-    "talking_head", "write_wav",
+    "talking_head", "write_wav", "write_with_subtitles",
 ]
 
 
@@ -141,3 +141,41 @@ def corrupt_video_packets(path: str | os.PathLike, frames: int = 10, size: int =
     data[i + 4:i - 4 + size_field] = bytes(size_field - 8)
     Path(path).write_bytes(bytes(data))
     return Path(path)
+
+
+def write_with_subtitles(path: str | os.PathLike, frames: np.ndarray, cues: Sequence[tuple[float, float, str]], *,
+                         fps: float = 10.0, audio: np.ndarray | None = None) -> Path:
+    """A Matroska file with H.264 video (+ AAC audio) and an embedded SubRip subtitle stream.
+
+    PyAV cannot encode subtitles, so the cues go through an in-memory ``.srt`` that is demuxed
+    and its packets remuxed, the way ``ffmpeg -c:s copy`` would.
+    """
+    import io
+
+    import av
+
+    from mmva.data.synth import _timestamp
+
+    srt = "".join(f"{i}\n{_timestamp(s)} --> {_timestamp(e)}\n{text}\n\n" for i, (s, e, text) in enumerate(cues, 1))
+    path = Path(path)
+    with av.open(io.BytesIO(srt.encode()), format="srt") as src, av.open(str(path), "w", format="matroska") as out:
+        vs = out.add_stream("libx264", rate=int(fps))
+        vs.width, vs.height, vs.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        ss = out.add_stream_from_template(src.streams.subtitles[0])
+        as_ = out.add_stream("aac", rate=16000, layout="mono") if audio is not None else None
+        for i, frame in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            vf.pts = i
+            out.mux(vs.encode(vf))
+        out.mux(vs.encode())
+        if as_ is not None:
+            for i in range(0, len(audio), 1024):
+                af = av.AudioFrame.from_ndarray(audio[None, i:i + 1024].astype(np.float32), format="flt", layout="mono")
+                af.sample_rate, af.pts = 16000, i
+                out.mux(as_.encode(af))
+            out.mux(as_.encode())
+        for packet in src.demux(src.streams.subtitles[0]):
+            if packet.size:
+                packet.stream = ss
+                out.mux(packet)
+    return path
