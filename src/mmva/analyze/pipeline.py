@@ -44,7 +44,7 @@ class AnalyzeOptions:
 
     fps: float = 2.0  # frames decoded per second of video for the face
     max_side: int = 320  # decoded frame size (longer side), enough for a face detector
-    frames_per_utterance: int = 8  # at most this many frames per utterance go to the model
+    frames_per_utterance: int = 4  # face frames per utterance: half the cost of 8, same result on a steady face
     window: float = 300.0  # seconds of media decoded at a time: bounds memory on long videos
     lookahead: float = 15.0  # extra audio read past a window to find a pause to cut at
     batch_size: int = 32  # utterances per model call
