@@ -9,7 +9,7 @@ A run directory holds::
     checkpoints/epoch003.{ckpt,safetensors}   the best-k epochs by dev emotion weighted-F1
     features/                        cached frozen-encoder outputs (unless train.cache_dir is set)
     tensorboard/                     losses, metrics, learning rate, confusion matrices
-    metrics.json, skipped.txt        the best epoch's dev metrics; what was skipped and why
+    metrics.json, skipped.csv        the best epoch's dev metrics; what was skipped and why
 """
 
 from __future__ import annotations
@@ -253,8 +253,7 @@ def fit(config: Config, data: str, out_dir: str, *, resume: bool = False, train_
     report = SkipReport()
     train_c, dev_c = load_corpus(data, train_split), load_corpus(data, dev_split)
     for corpus in (train_c, dev_c):
-        for problem in corpus.problems:
-            report.add(f"{corpus.split}", problem)
+        report.add_problems(corpus.problems)
     model = MultimodalSentimentAnalyzer(config)
     cache, cached = _prepare_cache(model, config, run_dir, [*train_c.utterances, *dev_c.utterances], report)
     train_loader, dev_loader = make_loaders(config, model, train_c.utterances, dev_c.utterances, cache, cached)
@@ -275,16 +274,10 @@ def fit(config: Config, data: str, out_dir: str, *, resume: bool = False, train_
     try:
         trainer.fit(task, train_loader, dev_loader, ckpt_path=last_ckpt if resume else None, weights_only=True)
     finally:
-        _collect_data_problems(report, train_loader, dev_loader)
+        known = set(report.entries)
+        report.extend(p for p in task.gathered_data_issues() if p not in known)
     return _finish(run_dir, ckpt_cb, task, trainer, meter, report, started,
                    n_train=len(train_c.utterances), n_dev=len(dev_c.utterances))
-
-
-def _collect_data_problems(report: Any, *loaders: DataLoader) -> None:
-    for loader in loaders:
-        ds_report = getattr(loader.dataset, "report", None)
-        if ds_report is not None and ds_report is not report and hasattr(report, "merge"):
-            report.merge(ds_report)
 
 
 def _finish(run_dir: str, ckpt_cb: ExportingCheckpoint, task: SentimentTask, trainer: L.Trainer,
@@ -308,13 +301,12 @@ def _finish(run_dir: str, ckpt_cb: ExportingCheckpoint, task: SentimentTask, tra
         "train_clips_per_second": round(meter.clips_per_second, 3),
         "seconds": round(time.perf_counter() - started, 2),
     }
-    skipped = list(getattr(report, "items", []) or [])
+    skipped = list(report.entries)
     if trainer.is_global_zero:
         storage.write_text_atomic(storage.join(run_dir, "metrics.json"), json.dumps(metrics, indent=2))
-        summary = report.summary() if hasattr(report, "summary") else ""
-        storage.write_text_atomic(storage.join(run_dir, "skipped.txt"), summary + "\n")
-        if summary:
-            log.info("%s", summary)
+        storage.write_text_atomic(storage.join(run_dir, "skipped.csv"), report.to_csv())
+        if report:
+            log.info("%s", report.summary())
         if task.skipped_steps:
             log.warning("%d training step(s) skipped for a non-finite loss (listed in metrics.json)",
                         len(task.skipped_steps))

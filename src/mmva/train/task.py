@@ -37,23 +37,32 @@ class NonFiniteLossError(RuntimeError):
 
 
 def model_inputs(model: MultimodalSentimentAnalyzer, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Encoder features for every modality of a batch: cached ones as given, others encoded now."""
-    feats = {m: x for m, x in (batch.get("features") or {}).items() if x is not None and m in model.encoders}
-    todo = {m: x for m, x in (batch.get("inputs") or {}).items()
-            if x is not None and m not in feats and m in model.encoders}
-    feats.update(model.encode(todo))
-    return feats
+    """Encoder features for every modality of a batch: cached rows as given, the others encoded now.
+
+    A modality can mix both in one batch (cache misses fall back to decoding): ``feature_mask``
+    says which rows came from the cache.
+    """
+    cached = {m: x for m, x in (batch.get("features") or {}).items() if x is not None and m in model.encoders}
+    todo = {m: x for m, x in (batch.get("inputs") or {}).items() if x is not None and m in model.encoders}
+    out = model.encode(todo)
+    for m, ft in cached.items():
+        if m not in out:
+            out[m] = ft
+            continue
+        from_cache = (batch.get("feature_mask") or {}).get(m)
+        if from_cache is not None:
+            keep = from_cache.to(out[m].device).bool().unsqueeze(1)  # (b, 1)
+            out[m] = torch.where(keep, ft.to(out[m].dtype), out[m])
+    return out
 
 
 def predict_batch(model: MultimodalSentimentAnalyzer, batch: dict[str, Any],
-                  drop: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+                  drop: tuple[str, ...] | frozenset[str] = ()) -> dict[str, torch.Tensor]:
     """Logits of a collated batch; modalities named in ``drop`` are treated as absent."""
-    feats = model_inputs(model, {**batch, "inputs": {m: x for m, x in (batch.get("inputs") or {}).items()
-                                                      if m not in drop},
-                                 "features": {m: x for m, x in (batch.get("features") or {}).items()
-                                              if m not in drop}})
+    kept = {**batch, "inputs": {m: x for m, x in (batch.get("inputs") or {}).items() if m not in drop},
+            "features": {m: x for m, x in (batch.get("features") or {}).items() if m not in drop}}
     masks = {m: v for m, v in (batch.get("masks") or {}).items() if m not in drop}
-    return model.fuse(feats, masks)
+    return model.fuse(model_inputs(model, kept), masks)
 
 
 class SentimentTask(L.LightningModule):
@@ -82,12 +91,24 @@ class SentimentTask(L.LightningModule):
         self.resumed_from_epoch: int | None = None
         self._bad_in_a_row = 0
         self._val_rows: list[tuple[str, int, int, int, int]] = []
+        self.data_issues: dict[tuple[str, str], None] = {}  # (uid, reason) from the loaders, once each
+
+    def _note_data_issues(self, batch: dict[str, Any]) -> None:
+        for pair in [*batch.get("skipped", []), *batch.get("problems", [])]:
+            self.data_issues.setdefault((str(pair[0]), str(pair[1])), None)
+
+    def gathered_data_issues(self) -> list[tuple[str, str]]:
+        """Every process's data problems, deduplicated (call on all ranks)."""
+        from mmva.train.distributed import gather_list
+
+        return gather_list(list(self.data_issues), key=lambda pair: pair)
 
     # -- steps ------------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         return self.model.fuse(model_inputs(self.model, batch), batch.get("masks"))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        self._note_data_issues(batch)
         # BatchNorm updates its running statistics during the forward pass: keep a copy so a
         # batch that produces NaN/inf cannot poison the model even though its step is skipped.
         saved = {n: b.detach().clone() for n, b in self.model.named_buffers() if b.is_floating_point()}
@@ -132,6 +153,7 @@ class SentimentTask(L.LightningModule):
         return None  # Lightning skips backward and the optimiser step
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._note_data_issues(batch)
         if not batch["uid"]:
             return
         out = self(batch)
