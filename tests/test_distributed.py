@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from mmva.train import distributed
 
@@ -43,6 +44,17 @@ HELPERS_SCRIPT = textwrap.dedent("""
            "main": d.is_main_process(), "shard": d.shard(data),
            "kwargs": {k: str(v) for k, v in d.trainer_kwargs(
                __import__("mmva.config", fromlist=["TrainConfig"]).TrainConfig()).items()}}
+    # Batch norm over the global batch: rank r holds rows r::2 of the same 8 x 5 input.
+    torch.manual_seed(0)
+    x, w = torch.randn(8, 5), torch.randn(8, 5)
+    bn = d.convert_sync_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm1d(5)))[0]
+    y = bn(x[d.rank()::2].requires_grad_())
+    (y * w[d.rank()::2]).sum().backward()
+    grads = [bn.weight.grad.clone(), bn.bias.grad.clone()]
+    for g in grads:
+        torch.distributed.all_reduce(g)  # what DDP does (sum; the single-process loss is the sum too)
+    out["bn"] = {"y": y.tolist(), "wgrad": grads[0].tolist(), "bgrad": grads[1].tolist(),
+                 "running_var": bn.running_var.tolist(), "type": type(bn).__name__}
     with open(f"{sys.argv[1]}/rank{d.rank()}.json", "w") as fh:
         json.dump(out, fh)
     d.barrier()
@@ -73,9 +85,22 @@ def test_samplers_and_gathering_across_two_processes(tmp_path):
     assert r0["padded_unique"] == 11  # padding duplicates from DistributedSampler are dropped
     assert sorted(r0["shard"] + r1["shard"]) == list(range(11))
 
+    # Synchronised batch norm on CPU equals one process's batch norm over the whole batch.
+    torch.manual_seed(0)
+    x, w = torch.randn(8, 5), torch.randn(8, 5)
+    ref = torch.nn.BatchNorm1d(5)
+    y = ref(x)
+    (y * w).sum().backward()
+    assert r0["bn"]["type"] == "GlooSyncBatchNorm"
+    for r, res in ((0, r0), (1, r1)):
+        torch.testing.assert_close(torch.tensor(res["bn"]["y"]), y[r::2].detach(), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(torch.tensor(res["bn"]["wgrad"]), ref.weight.grad, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(torch.tensor(res["bn"]["bgrad"]), ref.bias.grad, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(torch.tensor(res["bn"]["running_var"]), ref.running_var, atol=1e-5, rtol=1e-5)
+
     # Lightning gets a world that matches torchrun's: 2 devices on 1 node, DDP over gloo.
     assert r0["kwargs"]["devices"] == "2" and r0["kwargs"]["num_nodes"] == "1"
-    assert r0["kwargs"]["accelerator"] == "cpu" and "DDPStrategy" in r0["kwargs"]["strategy"]
+    assert r0["kwargs"]["accelerator"] == "cpu" and "SyncedDDPStrategy" in r0["kwargs"]["strategy"]
 
 
 def test_single_process_helpers_need_no_process_group(monkeypatch):

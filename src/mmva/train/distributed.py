@@ -28,6 +28,9 @@ from typing import Any, Callable, Hashable, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
+from lightning.pytorch.plugins.layer_sync import LayerSync, TorchSyncBatchNorm
+from lightning.pytorch.strategies import DDPStrategy
+from torch import nn
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 log = logging.getLogger("mmva")
@@ -98,7 +101,8 @@ def trainer_kwargs(train: Any) -> dict[str, Any]:
     """Lightning ``Trainer`` arguments for ``train`` (a TrainConfig) in the current world.
 
     Under ``torchrun`` the world is fixed by the launcher: ``devices`` = processes per machine,
-    ``num_nodes`` = machines, DDP with gloo (CPU) or NCCL (GPU). Otherwise the config's values
+    ``num_nodes`` = machines, DDP with gloo (CPU) or NCCL (GPU) and synchronised batch norm
+    (:class:`SyncedDDPStrategy`). Otherwise the config's values
     pass through (``devices=4, strategy="ddp"`` lets Lightning start the processes itself).
 
     >>> from mmva.config import TrainConfig
@@ -114,10 +118,7 @@ def trainer_kwargs(train: Any) -> dict[str, Any]:
         accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     strategy: Any = train.strategy
     if strategy == "auto":
-        from lightning.pytorch.strategies import DDPStrategy
-
-        backend = "nccl" if accelerator in ("gpu", "cuda") else "gloo"
-        strategy = DDPStrategy(process_group_backend=backend) if world > 1 else "auto"
+        strategy = SyncedDDPStrategy(accelerator) if world > 1 else "auto"
     return {"accelerator": accelerator, "devices": per_node, "num_nodes": max(1, world // per_node),
             "strategy": strategy}
 
@@ -139,6 +140,93 @@ def eval_sampler(dataset: Dataset) -> Sampler[int]:
     from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
     return UnrepeatedDistributedSampler(dataset, num_replicas=world_size(), rank=rank(), shuffle=False)
+
+
+class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch norm whose training statistics span every process, on CPU (gloo) as well as GPU.
+
+    ``torch.nn.SyncBatchNorm`` refuses CPU tensors; without synchronisation each process would
+    normalise with the statistics of its own slice of the batch, so N processes would not train
+    the same model as one. One differentiable all-reduce of (sum, sum of squares, count) per layer
+    gives the global batch's mean and variance. Outside training or in one process it is plain
+    batch norm. The state dict is the same as ``nn.BatchNorm*d``'s.
+    """
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2-D input (batch, channels, ...), got {input.dim()}-D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        self._check_input_dim(x)
+        c = x.shape[1]
+        dims = [0, *range(2, x.dim())]
+        xf = x.float()
+        count = torch.full((1,), xf.numel() / max(1, c), dtype=torch.float32, device=x.device)
+        total = all_reduce(torch.cat([xf.sum(dims), (xf * xf).sum(dims), count]))  # (2c + 1,)
+        n = total[-1]
+        mean = total[:c] / n
+        var = (total[c:2 * c] / n - mean * mean).clamp_min(0.0)  # biased, as batch norm normalises
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(m * mean.detach())
+                self.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1).clamp_min(1.0))
+        shape = [1, c] + [1] * (x.dim() - 2)
+        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every batch-norm layer of ``module`` by :class:`GlooSyncBatchNorm` (weights kept)."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlooSyncBatchNorm):
+        new = GlooSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                module.track_running_stats)
+        new.load_state_dict(module.state_dict())
+        new.train(module.training)
+        if module.affine:
+            new.weight.requires_grad_(module.weight.requires_grad)
+            new.bias.requires_grad_(module.bias.requires_grad)
+        return new
+    for name, child in module.named_children():
+        module.add_module(name, convert_sync_batchnorm(child))
+    return module
+
+
+class GlooLayerSync(LayerSync):
+    """Lightning layer-sync plugin: batch norm -> :class:`GlooSyncBatchNorm`."""
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        return convert_sync_batchnorm(model)
+
+    def revert(self, model: nn.Module) -> nn.Module:
+        return model  # same state dict as plain batch norm: nothing to undo
+
+
+class SyncedDDPStrategy(DDPStrategy):
+    """Lightning's DDP (gloo on CPU, NCCL on GPU) with batch norm synchronised across processes.
+
+    Synchronised batch norm is what makes N processes with ``batch_size`` each train the model
+    that one process with ``N * batch_size`` trains; Lightning's ``sync_batchnorm=True`` is
+    GPU-only (``torch.nn.SyncBatchNorm``), so CPU runs use :class:`GlooLayerSync`.
+    """
+
+    def __init__(self, accelerator: str = "cpu", **kwargs: Any) -> None:
+        gpu = accelerator in ("gpu", "cuda")
+        kwargs.setdefault("process_group_backend", "nccl" if gpu else "gloo")
+        super().__init__(**kwargs)
+        self._mmva_layer_sync: LayerSync = TorchSyncBatchNorm() if gpu else GlooLayerSync()
+
+    def setup(self, trainer: Any) -> None:
+        # The Trainer resets _layer_sync from its own flags; set ours just before it is applied.
+        self._layer_sync = self._layer_sync or self._mmva_layer_sync
+        super().setup(trainer)
 
 
 # -- collectives -------------------------------------------------------------------------------
