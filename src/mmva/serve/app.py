@@ -105,6 +105,7 @@ class Service:
             self.model_info = dict(self.model.describe())
             log.info("model loaded from %s in %.1f s", self.model_path or "the package",
                      time.perf_counter() - started)
+            self.jobs.resume()
         except Exception as exc:  # /ping reports it; the server stays up to say why
             self.model_error = f"{type(exc).__name__}: {exc}"
             log.exception("could not load the model")
@@ -131,7 +132,7 @@ class Service:
                 progress("downloading", 0.0)
                 path, fetched = fetch_s3(inp.uri or "", self.settings.upload_dir, self.settings.limits), True
             timeline = analyze(str(path), progress=progress, top_k=self.settings.top_k,
-                               asr_model=self.settings.asr_model)
+                               asr_model=self.settings.asr_model, model=self.model)
         except MediaError as exc:  # name the user's file, never the server's temp path
             raise RequestError(422, f"{inp.name}: {exc.reason}") from exc
         finally:

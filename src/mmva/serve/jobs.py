@@ -133,6 +133,7 @@ class JobManager:
         self._lock = threading.Lock()
         self._closing = False
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="mmva-job")
+        self._interrupted: list[Job] = []
         self._restore()
 
     # -- submitting and querying ------------------------------------------------------------------
@@ -189,6 +190,16 @@ class JobManager:
                 job.stage = "cancelling"
                 self._save(job)
         return job
+
+    def resume(self) -> int:
+        """Re-run the jobs a previous server left unfinished (call once the runner can work)."""
+        with self._lock:
+            jobs, self._interrupted = self._interrupted, []
+            for job in jobs:
+                job.future = self._pool.submit(self._run, job)
+        if jobs:
+            log.info("re-running %d job(s) interrupted by the last shutdown", len(jobs))
+        return len(jobs)
 
     def stats(self) -> dict[str, int]:
         with self._lock:
@@ -310,7 +321,7 @@ class JobManager:
             elif job.input.uri or (job.input.path and Path(job.input.path).exists()):
                 job.state, job.stage, job.progress, job.started = "queued", "queued (after restart)", 0.0, None
                 self._save(job)
-                job.future = self._pool.submit(self._run, job)
+                self._interrupted.append(job)  # started by resume()
             else:
                 self._finish(job, "failed", error="the server restarted and the job's input was lost", status=500)
         self._prune()
