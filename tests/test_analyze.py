@@ -172,6 +172,16 @@ def test_silence_gives_no_utterances(media, tmp_path):
     assert data["utterances"] == [] and data["summary"]["n_utterances"] == 0
 
 
+def test_s3_source_in_s3_outputs_out(media, s3_bucket):
+    from mmva.io import storage
+
+    storage.upload_file_atomic(media["wav"], f"{s3_bucket}/in/voice.wav")
+    result = CliRunner().invoke(app, ["analyze", f"{s3_bucket}/in/voice.wav", "-o", f"{s3_bucket}/out", "-q"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(storage.read_text(f"{s3_bucket}/out/voice.mmva.json"))
+    assert data["source"] == f"{s3_bucket}/in/voice.wav" and len(data["utterances"]) == 3
+
+
 def test_transcript_and_subtitle_file_inputs(tmp_path):
     txt = tmp_path / "notes.txt"
     txt.write_text("I am thrilled, this is the best day ever!\nThat was a disgusting thing to do.\n")
