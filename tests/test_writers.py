@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pysubs2
@@ -148,3 +150,38 @@ def test_outputs_to_s3(timeline, s3_bucket):
     written = write_outputs(timeline, f"{s3_bucket}/results", ["json", "srt"])
     assert written == [f"{s3_bucket}/results/interview.mmva.json", f"{s3_bucket}/results/interview.mmva.srt"]
     assert json.loads(storage.read_text(written[0]))["utterances"][0]["emotions"][0]["label"] == "joy"
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+@pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
+                    reason="Debian chromium and chromium-driver are not installed")
+def test_html_report_renders_offline_in_a_real_browser(timeline, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    page = tmp_path / "report.html"
+    get_writer("html").write(timeline, str(page))
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--no-first-run", "--window-size=1200,900",
+                f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        driver.get(page.as_uri())
+        bars = driver.find_elements(By.CSS_SELECTOR, "svg rect.utt")
+        assert len(bars) == 3 and all(b.size["width"] > 0 for b in bars)
+        # the bars are laid out in time order across the plot
+        xs = [b.location["x"] for b in bars]
+        assert xs == sorted(xs)
+        assert len(driver.find_elements(By.CSS_SELECTOR, "tbody tr")) == 4
+        # the report fetched nothing: no resource requests at all
+        assert driver.execute_script("return performance.getEntriesByType('resource').length") == 0
+        assert "interview.mp4" in driver.title
+    finally:
+        driver.quit()
