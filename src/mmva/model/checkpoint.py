@@ -18,11 +18,13 @@ unpickles anything: safetensors holds raw tensors only.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
 import os
 import pickle
+import re
 import struct
 import tempfile
 from pathlib import Path
@@ -136,7 +138,19 @@ def save_checkpoint(model: torch.nn.Module, config: Config, path: str | os.PathL
     """
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     meta = checkpoint_metadata(model, config, extra)
-    return atomic_write(path, lambda tmp: st_save_file(state, tmp, metadata=meta))
+    return atomic_write(path, lambda tmp: _save_file(state, tmp, meta))
+
+
+def _save_file(state: dict[str, torch.Tensor], tmp: str, meta: dict[str, str]) -> None:
+    try:
+        st_save_file(state, tmp, metadata=meta)
+    except Exception as exc:
+        # safetensors reports a full disk as its own error type: callers expect an OSError.
+        found = re.search(r"os error (\d+)", str(exc))
+        if "I/O error" not in str(exc):
+            raise
+        code = int(found.group(1)) if found else errno.EIO
+        raise OSError(code, os.strerror(code), tmp) from exc
 
 
 def save_training_state(state: dict[str, Any], path: str | os.PathLike) -> str:
@@ -145,7 +159,20 @@ def save_training_state(state: dict[str, Any], path: str | os.PathLike) -> str:
     Only plain types and tensors belong in it, so :func:`load_training_state` can use
     ``weights_only=True``.
     """
-    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+    return atomic_write(path, lambda tmp: _torch_save(state, tmp))
+
+
+def _torch_save(state: dict[str, Any], tmp: str) -> None:
+    # Through a Python file object so a full disk surfaces as OSError (torch's own writer raises a
+    # bare RuntimeError); the same error type as the safetensors export.
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+    except RuntimeError as exc:
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, OSError):
+            raise cause from exc
+        raise OSError(errno.EIO, f"could not write the checkpoint ({exc})", tmp) from exc
 
 
 def load_training_state(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
