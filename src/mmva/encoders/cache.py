@@ -25,6 +25,7 @@ import os
 import struct
 import threading
 import time
+import weakref
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -101,6 +102,30 @@ def file_digest(path: str) -> str:
     return digest
 
 
+_digest_lock = threading.Lock()
+_weight_digests: "weakref.WeakKeyDictionary[Encoder, str]" = weakref.WeakKeyDictionary()
+
+
+def weights_digest(encoder: Encoder) -> str:
+    """sha256 of the encoder's parameters and buffers, computed once per encoder object.
+
+    Part of every key because ``cache_key()`` names where weights came from, not what they are: two
+    randomly initialised encoders (R3D-18 offline, the tiny debug encoders) or a fine-tuned copy of
+    a shipped one report the same source but compute different features. The cache is for frozen
+    encoders: an encoder trained further after its first key keeps its first digest in this process.
+    """
+    with _digest_lock:
+        if encoder in _weight_digests:
+            return _weight_digests[encoder]
+        h = hashlib.sha256()
+        for name, t in encoder.state_dict().items():
+            h.update(name.encode())
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        _weight_digests[encoder] = h.hexdigest()[:32]
+        return _weight_digests[encoder]
+
+
 def decode_options(data: DataConfig) -> dict[str, Any]:
     """How :func:`extract_features` decodes media for the encoders; part of every media key.
 
@@ -164,10 +189,11 @@ class FeatureCache:
         return f"FeatureCache({self.root!r})"
 
     def key(self, utt: Utterance, encoder: Encoder, data: DataConfig | None = None) -> str:
-        """``"{encoder}/{sha256}"`` over the utterance's source content and ``encoder.cache_key()``."""
+        """``"{encoder}/{sha256}"`` over the utterance's source content, ``encoder.cache_key()`` and
+        the encoder's weights (:func:`weights_digest`)."""
         data = data or DataConfig()
         payload = {"source": source_identity(utt, encoder, data), "encoder": encoder.cache_key(),
-                   "modality": encoder.modality}
+                   "weights": weights_digest(encoder), "modality": encoder.modality}
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         return f"{encoder.name}/{hashlib.sha256(blob).hexdigest()}"
 
