@@ -99,7 +99,7 @@ async function download(jobId, fmt) {
   setTimeout(() => URL.revokeObjectURL(url), 1000);
 }
 
-function top(list) { return (list && list.length) ? list[0] : { label: "?", confidence: 0 }; }
+function best(list) { return (list && list.length) ? list[0] : { label: "?", confidence: 0 }; }
 
 function svg(tag, attrs, parent) {
   const el = document.createElementNS(SVG_NS, tag);
@@ -128,7 +128,7 @@ function drawTimeline(result) {
   sLabel.textContent = "sentiment";
   utts.forEach((u, idx) => {
     const start = u.start_time || 0, end = Math.max(u.end_time || start, start + 0.05);
-    const emo = top(u.emotions), sent = top(u.sentiments);
+    const emo = best(u.emotions), sent = best(u.sentiments);
     const laneIdx = Math.max(0, EMOTIONS.indexOf(emo.label));
     const bar = svg("rect", {
       x: x(start), y: topPad + laneIdx * lane + 1, width: Math.max(2, x(end) - x(start)), height: lane - 4,
@@ -171,7 +171,7 @@ function formatTime(t) {
 function fillTable(result) {
   const rows = (result.utterances || []).map((u) => {
     const tr = document.createElement("tr");
-    const emo = top(u.emotions), sent = top(u.sentiments);
+    const emo = best(u.emotions), sent = best(u.sentiments);
     const cells = [
       [(u.start_time ?? 0).toFixed(2), "num"], [(u.end_time ?? 0).toFixed(2), "num"], [u.text || "", ""],
       [`${emo.label} (${(emo.confidence * 100).toFixed(0)}%)`, ""],
