@@ -17,6 +17,9 @@ from typing import Iterator
 import httpx
 import pytest
 
+from mmva.serve.app import ServeSettings, Service
+from mmva.serve.jobs import JobInput, JobManager
+from mmva.serve.limits import Limits, RequestError
 from tests.media import random_bytes_file, talking_head
 from tests.s3 import aws_environment
 from tests.serve_server import ServerProcess, wait_job
@@ -288,3 +291,79 @@ def test_restart_keeps_finished_jobs_and_reruns_interrupted(server: ServerProces
             assert final["state"] == "done", (was, final)
     finally:
         again.stop()
+
+
+# -- in-process checks of the job manager and the service (no HTTP) -------------------------------
+
+
+def _slow_runner(inp: JobInput, progress) -> dict:  # type: ignore[no-untyped-def]
+    """Reports progress every 10 ms for up to 10 s, as the analysis pipeline does between steps."""
+    for i in range(1000):
+        progress("working", i / 1000)
+        time.sleep(0.01)
+    return {"utterances": []}
+
+
+def test_job_time_limit_and_failure_cleanup(tmp_path: Path) -> None:
+    manager = JobManager(tmp_path / "jobs", _slow_runner, workers=1, max_queue=1, job_timeout_s=0.3)
+    upload = tmp_path / "upload.mp4"
+    upload.write_bytes(b"x")
+    job = manager.submit(JobInput(kind="file", name="clip.mp4", path=str(upload)))
+    assert job.ended.wait(10)
+    assert job.state == "failed" and job.error_status == 504 and "time limit of 0.3 s" in job.error
+    assert not upload.exists() and not list((tmp_path / "jobs" / job.id).glob("input*"))
+    saved = json.loads((tmp_path / "jobs" / job.id / "job.json").read_text())
+    assert saved["state"] == "failed"
+
+    def broken(inp: JobInput, progress) -> dict:  # type: ignore[no-untyped-def]
+        raise RequestError(422, f"{inp.name}: no audio or video stream")
+
+    manager2 = JobManager(tmp_path / "jobs2", broken, workers=1)
+    failed = manager2.submit(JobInput(kind="s3", name="s3://b/k.mp4", uri="s3://b/k.mp4"))
+    assert failed.ended.wait(10) and failed.error == "s3://b/k.mp4: no audio or video stream"
+    with pytest.raises(RequestError) as err:
+        manager2.result_path(failed.id)
+    assert err.value.status == 409 and "no audio or video stream" in err.value.message
+    manager.shutdown()
+    manager2.shutdown()
+
+
+def test_finished_jobs_are_pruned_after_keep_hours(tmp_path: Path) -> None:
+    manager = JobManager(tmp_path / "jobs", lambda inp, progress: {"utterances": []}, keep_hours=0)
+    job = manager.submit(JobInput(kind="s3", name="s3://b/k", uri="s3://b/k"))
+    assert job.ended.wait(10)
+    time.sleep(0.05)
+    manager._prune()
+    assert not (tmp_path / "jobs" / job.id).exists()
+    with pytest.raises(RequestError):
+        manager.get(job.id)
+    manager.shutdown()
+
+
+def test_synchronous_request_time_limit(tmp_path: Path) -> None:
+    """POST /invocations answers 504 after --request-timeout and stops the work it started."""
+    import asyncio
+
+    service = Service(ServeSettings(work_dir=str(tmp_path), limits=Limits(request_timeout_s=0.3)))
+    service.jobs.shutdown()
+    service.jobs = JobManager(tmp_path / "jobs-slow", _slow_runner, workers=1)
+    with pytest.raises(RequestError) as err:
+        asyncio.run(service.run_sync(JobInput(kind="s3", name="s3://b/long.mp4", uri="s3://b/long.mp4")))
+    assert err.value.status == 504 and "POST /jobs" in err.value.message
+    deadline = time.monotonic() + 10
+    while service.jobs.stats()["running"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert service.jobs.stats()["running"] == 0  # the abandoned work was cancelled
+    service.jobs.shutdown()
+
+
+def test_model_dir_with_a_training_checkpoint_is_refused_clearly(tmp_path: Path) -> None:
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    (tmp_path / "mmva-model.json").write_text("{}")
+    service = Service(ServeSettings(work_dir=str(tmp_path / "work"), model_dir=str(tmp_path)))
+    service.load_model()
+    assert not service.ready and "config.json" in service.model_error and str(tmp_path) in service.model_error
+    with pytest.raises(RequestError) as err:
+        service.require_model()
+    assert err.value.status == 503
+    service.jobs.shutdown()

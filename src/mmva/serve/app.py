@@ -380,6 +380,7 @@ def _add_routes(app: FastAPI, service: Service, authed: list[Any]) -> None:
     @app.get("/info")
     def info() -> dict[str, Any]:
         return {"version": __version__, "ready": service.ready, "model_error": service.model_error,
+                "model": service.model_info.get("name"),
                 "auth_required": bool(settings.api_key), "limits": asdict(settings.limits),
                 "jobs": service.jobs.stats()}
 
