@@ -283,7 +283,7 @@ def _frame_time(frame: av.frame.Frame, fallback: float) -> float:
     return float(t) if t is not None else fallback
 
 
-def _decode_streams(path: str, container: av.container.InputContainer, v: Any, a: Any, *,
+def _decode_streams(container: av.container.InputContainer, v: Any, a: Any, *,
                     start: float, end: float | None, on_video: Any, video_done: Any,
                     on_audio: Any, problems: list[str]) -> None:
     """Demux once from `start`, feeding decoded frames to the callbacks until `end` (or EOF)."""
@@ -422,7 +422,7 @@ def decode_clip(path: str | os.PathLike, *, start: float | None = None, end: flo
             audio.add(t, frame)
 
         _seek(container, start)
-        _decode_streams(path, container, v, a, start=s, end=e, on_video=on_video, video_done=video_done,
+        _decode_streams(container, v, a, start=s, end=e, on_video=on_video, video_done=video_done,
                         on_audio=on_audio if audio is not None else (lambda t, f: None), problems=problems)
         if v is not None:
             sampler = state["sampler"]
