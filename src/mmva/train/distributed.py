@@ -147,8 +147,8 @@ class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     ``torch.nn.SyncBatchNorm`` refuses CPU tensors; without synchronisation each process would
     normalise with the statistics of its own slice of the batch, so N processes would not train
-    the same model as one. One differentiable all-reduce of (sum, sum of squares, count) per layer
-    gives the global batch's mean and variance. Outside training or in one process it is plain
+    the same model as one. One differentiable all-gather of (count, mean, centred sum of squares)
+    per layer gives the global batch's mean and variance. Outside training or in one process it is plain
     batch norm. The state dict is the same as ``nn.BatchNorm*d``'s.
     """
 
@@ -159,17 +159,23 @@ class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
+        from torch.distributed.nn.functional import all_gather
 
         self._check_input_dim(x)
         c = x.shape[1]
         dims = [0, *range(2, x.dim())]
         xf = x.float()
-        count = torch.full((1,), xf.numel() / max(1, c), dtype=torch.float32, device=x.device)
-        total = all_reduce(torch.cat([xf.sum(dims), (xf * xf).sum(dims), count]))  # (2c + 1,)
-        n = total[-1]
-        mean = total[:c] / n
-        var = (total[c:2 * c] / n - mean * mean).clamp_min(0.0)  # biased, as batch norm normalises
+        n_local = xf.numel() / max(1, c)
+        mean_local = xf.mean(dims)
+        m2_local = ((xf - mean_local.view([1, c] + [1] * (x.dim() - 2))) ** 2).sum(dims)
+        count = torch.full((1,), n_local, dtype=torch.float32, device=x.device)
+        # Per-process (count, mean, centred sum of squares), combined with Chan's parallel formula:
+        # stable where sum(x^2)/n - mean^2 would cancel. all_gather is differentiable here.
+        parts = torch.stack(all_gather(torch.cat([count, mean_local, m2_local])))  # (world, 2c + 1)
+        counts, means, m2s = parts[:, :1], parts[:, 1:c + 1], parts[:, c + 1:]
+        n = counts.sum()
+        mean = (counts * means).sum(0) / n
+        var = (m2s.sum(0) + (counts * (means - mean) ** 2).sum(0)) / n  # biased, as batch norm normalises
         if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():
                 self.num_batches_tracked += 1
