@@ -354,7 +354,7 @@ def test_corpus_label_counts_and_report_summary():
     report.add("a.mp4", "no audio stream")
     lines = report.summary().splitlines()
     assert lines[0] == "6 item(s) skipped or degraded:"
-    assert lines[1].endswith(": 5 (train/dia0_utt0, train/dia1_utt0, train/dia2_utt0, ...)")
+    assert lines[1] == "  unknown emotion label #: 5 (train/dia0_utt0, train/dia1_utt0, train/dia2_utt0, ...)"
     assert "no audio stream: 1 (a.mp4)" in lines[2]
     assert report.to_csv().splitlines()[0] == "item,reason"
 

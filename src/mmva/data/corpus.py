@@ -113,8 +113,9 @@ _DETAIL = re.compile(r"line \d+|dia\d+_utt\d+|\([^)]*\)|'[^']*'|\"[^\"]*\"|\d+(\
 
 def _reason_kind(reason: str) -> str:
     # "line 12 (dia3_utt1): unknown emotion label 'x'..." and "line 40 ...": one group
-    kind = _DETAIL.sub("#", reason.split(";")[0]).strip(" :")
-    return re.sub(r"(#\s*)+", "# ", kind).strip() or reason
+    reason = re.sub(r"^\S*[/\\]\S*: ", "", reason)  # "/data/x.mp4: no audio stream" groups with the rest
+    kind = re.sub(r"(#\s*)+", "# ", _DETAIL.sub("#", reason.split(";")[0]))
+    return re.sub(r"^[#\s:]+", "", kind).strip(" :") or reason
 
 
 def add_context(utterances: list[Utterance]) -> None:
