@@ -237,6 +237,16 @@ def test_manifest_without_path_or_text_column(tmp_path):
         load_corpus(str(tmp_path), "train")
 
 
+def test_clip_folders_as_in_the_raw_release(tmp_path):
+    write_meld_csv(tmp_path / "test_sent_emo.csv", [row("hi", "joy", 3, 1, "positive")])
+    nested = tmp_path / "test" / "output_repeated_splits_test"
+    nested.mkdir(parents=True)
+    write_video(nested / "dia3_utt1.mp4", moving_frames(4))
+    (nested / "._dia3_utt1.mp4").write_bytes(b"macOS resource fork")  # found in the raw tarballs
+    corpus = load_corpus(str(tmp_path), "test")
+    assert corpus.problems == [] and corpus.utterances[0].path == str(nested / "dia3_utt1.mp4")
+
+
 def test_load_corpus_errors_name_what_was_looked_for(tmp_path):
     with pytest.raises(CorpusError, match="corpus folder not found"):
         load_corpus(str(tmp_path / "nope"), "train")

@@ -197,10 +197,12 @@ def read_meld_csv(path: str, split: str) -> tuple[list[Utterance], list[str]]:
 
 
 def clip_folder(root: str, split: str) -> str | None:
-    """The folder holding a split's clips: MELD's name (``train_splits``...) or ``{split}/``."""
-    for name in (CLIP_FOLDERS.get(split), split, f"{split}_splits"):
-        if name and storage.exists(storage.join(root, name)):
-            return storage.join(root, name)
+    """The folder holding a split's clips: MELD's name (``train_splits``...), also nested as in the
+    extracted raw release (``train/train_splits``), or simply ``{split}/``."""
+    meld_name = CLIP_FOLDERS.get(split)
+    for parts in ((meld_name,), (split, meld_name), (split,)):
+        if all(parts) and storage.exists(storage.join(root, *parts)):
+            return storage.join(root, *parts)
     return None
 
 
