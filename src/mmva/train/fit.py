@@ -171,8 +171,20 @@ def _write_run_config(run_dir: str, config: Config) -> None:
         save_config(config, os.path.join(run_dir, "config.yaml"))
 
 
+def _remove_stale_temp_files(ckpt_dir: str) -> None:
+    """Delete temp files a killed run left mid-write (``.last.ckpt.*.tmp``); finished files stay."""
+    from mmva.train.distributed import is_main_process
+
+    if not is_main_process() or storage.is_remote(ckpt_dir) or not os.path.isdir(ckpt_dir):
+        return  # object stores never show a partial upload
+    for name in os.listdir(ckpt_dir):
+        if name.startswith(".") and name.endswith(".tmp"):
+            log.info("removing %s, left by an interrupted checkpoint write", name)
+            os.remove(os.path.join(ckpt_dir, name))
+
+
 def _prepare_cache(model: MultimodalSentimentAnalyzer, config: Config, run_dir: str,
-                   utterances: list[Any], report: Any) -> tuple[Any, frozenset[str]]:
+                   utterances: list[Any], report: Any, stats: dict[str, Any]) -> tuple[Any, frozenset[str]]:
     """Extract frozen-encoder features once (contract C) so epochs read features, not videos."""
     frozen = model.frozen_modalities()
     if not (config.train.use_cache and frozen):
@@ -189,6 +201,9 @@ def _prepare_cache(model: MultimodalSentimentAnalyzer, config: Config, run_dir: 
              extracted.computed, extracted.reused, len(extracted.failed), time.perf_counter() - started)
     for uid, reason in extracted.failed:
         report.add(uid, reason)
+    stats.update({"cache": cache.root, "modalities": list(frozen), "computed": extracted.computed,
+                  "reused": extracted.reused, "failed": len(extracted.failed),
+                  "seconds": round(time.perf_counter() - started, 2)})
     return cache, frozenset(frozen)
 
 
@@ -249,13 +264,16 @@ def fit(config: Config, data: str, out_dir: str, *, resume: bool = False, train_
         _check_resume_config(run_dir, config)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     _write_run_config(run_dir, config)
+    _remove_stale_temp_files(ckpt_dir)
 
     report = SkipReport()
     train_c, dev_c = load_corpus(data, train_split), load_corpus(data, dev_split)
     for corpus in (train_c, dev_c):
         report.add_problems(corpus.problems)
     model = MultimodalSentimentAnalyzer(config)
-    cache, cached = _prepare_cache(model, config, run_dir, [*train_c.utterances, *dev_c.utterances], report)
+    features: dict[str, Any] = {}
+    cache, cached = _prepare_cache(model, config, run_dir, [*train_c.utterances, *dev_c.utterances], report,
+                                   features)
     train_loader, dev_loader = make_loaders(config, model, train_c.utterances, dev_c.utterances, cache, cached)
     task = SentimentTask(
         model, config,
@@ -276,12 +294,14 @@ def fit(config: Config, data: str, out_dir: str, *, resume: bool = False, train_
     finally:
         known = set(report.entries)
         report.extend(p for p in task.gathered_data_issues() if p not in known)
-    return _finish(run_dir, ckpt_cb, task, trainer, meter, report, started,
-                   n_train=len(train_c.utterances), n_dev=len(dev_c.utterances))
+    result = _finish(run_dir, ckpt_cb, task, trainer, meter, report, started,
+                     n_train=len(train_c.utterances), n_dev=len(dev_c.utterances), features=features)
+    return result
 
 
 def _finish(run_dir: str, ckpt_cb: ExportingCheckpoint, task: SentimentTask, trainer: L.Trainer,
-            meter: Throughput, report: Any, started: float, n_train: int, n_dev: int) -> FitResult:
+            meter: Throughput, report: Any, started: float, n_train: int, n_dev: int,
+            features: dict[str, Any]) -> FitResult:
     last = export_path(ckpt_cb.last_model_path) if ckpt_cb.last_model_path else ""
     best = export_path(ckpt_cb.best_model_path) if ckpt_cb.best_model_path else last
     best_score = ckpt_cb.best_model_score
@@ -299,6 +319,7 @@ def _finish(run_dir: str, ckpt_cb: ExportingCheckpoint, task: SentimentTask, tra
         "checkpoint_errors": ckpt_cb.errors,
         "train_utterances": n_train, "dev_utterances": n_dev,
         "train_clips_per_second": round(meter.clips_per_second, 3),
+        "features": features,  # the frozen-encoder feature cache: computed/reused entries
         "seconds": round(time.perf_counter() - started, 2),
     }
     skipped = list(report.entries)

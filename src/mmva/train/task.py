@@ -111,7 +111,7 @@ class SentimentTask(L.LightningModule):
         self._note_data_issues(batch)
         # BatchNorm updates its running statistics during the forward pass: keep a copy so a
         # batch that produces NaN/inf cannot poison the model even though its step is skipped.
-        saved = {n: b.detach().clone() for n, b in self.model.named_buffers() if b.is_floating_point()}
+        saved = {n: b.detach().clone() for n, b in self.model.named_buffers()}
         if len(batch["uid"]) < 2:  # batch norm needs two items; collate may have dropped the rest
             return self._no_step()
         out = self(batch)
