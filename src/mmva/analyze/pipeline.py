@@ -101,8 +101,8 @@ def analyze(source: str, *, subtitles: str | None = None, asr_model: str | None 
     kind = input_kind(source)
     if kind != "media":
         utts = read_transcript(source) if kind == "transcript" else read_subtitles(source)
-        timeline = Timeline(source=str(source), segmentation=kind,
-                            duration=max((u.end_time or 0.0 for u in utts), default=None) if kind == "subtitles" else None)
+        end = max((u.end_time or 0.0 for u in utts), default=None) if kind == "subtitles" else None
+        timeline = Timeline(source=str(source), segmentation=kind, duration=end)
         _predict(predictor, utts, [None] * len(utts), [None] * len(utts), opts, top_k, stages, 0.0, [])
         timeline.utterances = utts
     else:
@@ -187,7 +187,8 @@ def _analyze_media(path: str, subtitles: str | None, asr_model: str | None, devi
     return timeline
 
 
-def _read_audio(path: str, start: float, end: float | None, problems: list[str] | None = None) -> np.ndarray | None:
+def _read_audio(path: str, start: float, end: float | None,
+                problems: list[str] | None = None) -> np.ndarray | None:
     from mmva.io.media import MediaError, read_audio
 
     try:
@@ -215,7 +216,8 @@ def _asr_windows(path: str, duration: float, asr: Any, opts: AnalyzeOptions,
             cut = _cut_point(chunk, regions, opts.window, opts.lookahead)
         regions = [(s, min(e, cut)) for s, e in regions if s < cut]
         part = chunk[: int(cut * SAMPLE_RATE)]
-        words = stages.run("speech", frac, lambda: asr_mod.transcribe_words(asr, part, regions, opts.language, opts.vad))
+        words = stages.run("speech", frac,
+                           lambda: asr_mod.transcribe_words(asr, part, regions, opts.language, opts.vad))
         utts = snap_to_speech(segment_words(words, opts.segment), regions)
         for u in utts:
             u.start_time = round(u.start_time + t0, 3)  # type: ignore[operator]
@@ -403,7 +405,8 @@ def expand_inputs(paths: list[str]) -> list[str]:
     return out
 
 
-def analyze_batch(paths: list[str], *, out_dir: str | None = None, formats: tuple[str, ...] | list[str] = ("json",),
+def analyze_batch(paths: list[str], *, out_dir: str | None = None,
+                  formats: tuple[str, ...] | list[str] = ("json",),
                   on_result: Callable[[str, Timeline | None, str | None], None] | None = None,
                   **kwargs: Any) -> BatchResult:
     """Analyse many files (directories expanded); a failing file is recorded and the rest go on.

@@ -69,7 +69,8 @@ def timeline_plot(timeline: Timeline) -> dict[str, Any]:
         lane = EMOTIONS.index(top["label"])
         x, w = _LEFT + a * scale, max(2.0, (b - a) * scale)
         rects.append({"x": round(x, 1), "y": _TOP + lane * _LANE + 2, "w": round(w, 1), "h": _LANE - 4,
-                      "color": COLORS[top["label"]], "opacity": round(0.35 + 0.65 * float(top["confidence"]), 3),
+                      "color": COLORS[top["label"]],
+                      "opacity": round(0.35 + 0.65 * float(top["confidence"]), 3),
                       "title": f"#{i} {clock(u.start_time) if unit == 's' else ''} {top['label']} "
                                f"{top['confidence']:.0%}: {u.text}"})
         score = sentiment_score(u)
@@ -104,7 +105,8 @@ def render_html(timeline: Timeline) -> str:
     """The report as one HTML string.
 
     >>> from mmva.types import Utterance
-    >>> html = render_html(Timeline(source="a.mp4", duration=2.0, utterances=[Utterance(text="<b>", start_time=0, end_time=1)]))
+    >>> utts = [Utterance(text="<b>", start_time=0, end_time=1)]
+    >>> html = render_html(Timeline(source="a.mp4", duration=2.0, utterances=utts))
     >>> "<svg" in html and "&lt;b&gt;" in html and "http" not in html.split("<body")[1]
     True
     """

@@ -148,7 +148,8 @@ def utterance_to_dict(u: Utterance) -> dict[str, Any]:
 
 
 def utterance_from_dict(d: dict[str, Any]) -> Utterance:
-    known = {"start_time", "end_time", "text", "emotions", "sentiments", "modalities", "per_modality", "speaker"}
+    known = {"start_time", "end_time", "text", "emotions", "sentiments", "modalities", "per_modality",
+             "speaker"}
     return Utterance(text=d.get("text", ""), start_time=d.get("start_time"), end_time=d.get("end_time"),
                      emotions=list(d.get("emotions", [])), sentiments=list(d.get("sentiments", [])),
                      modalities=list(d.get("modalities", [])), per_modality=dict(d.get("per_modality", {})),
@@ -159,7 +160,7 @@ def utterance_from_dict(d: dict[str, Any]) -> Utterance:
 class Timeline:
     """Analysed utterances of one source plus the summary.
 
-    >>> t = Timeline(source="talk.mp4", duration=3.0, utterances=[Utterance(text="hi", start_time=0.0, end_time=1.0)])
+    >>> t = Timeline(source="talk.mp4", duration=3.0, utterances=[Utterance(text="hi", start_time=0, end_time=1)])
     >>> t.to_dict()["utterances"][0]["text"], t.to_dict()["schema_version"]
     ('hi', '1.0')
     """

@@ -26,7 +26,8 @@ def timeline_table(timeline: Any, max_rows: int = 200) -> Table:
     s = timeline.summary
     title = (f"{timeline.source} · {s['n_utterances']} utterance(s) · dominant: "
              f"{s['dominant_emotion'] or '-'} / {s['dominant_sentiment'] or '-'}")
-    table = Table("start", "end", "text", "emotion", "sentiment", "modalities", title=title, title_justify="left")
+    table = Table("start", "end", "text", "emotion", "sentiment", "modalities", title=title,
+                  title_justify="left")
     for u in timeline.utterances[:max_rows]:
         emo = ", ".join(f"{e['label']} {e['confidence']:.0%}" for e in u.emotions[:2]) or "-"
         sen = f"{u.sentiments[0]['label']} {u.sentiments[0]['confidence']:.0%}" if u.sentiments else "-"
@@ -50,13 +51,15 @@ def analyze_cmd(
     subtitles: Optional[str] = typer.Option(None, "--subtitles", "-s",
                                             help="Segment by this .srt/.vtt instead of speech recognition."),
     asr_model: Optional[str] = typer.Option(None, "--asr-model",
-                                            help="faster-whisper model folder or name (default: offline tiny.en)."),
+                                            help="faster-whisper model folder or name "
+                                                 "(default: the offline tiny.en)."),
     fmt: str = typer.Option("json", "--format", "-f", help="Comma-separated: json,csv,srt,vtt,html (or all)."),
     out: str = typer.Option(".", "--out", "-o", help="Folder (or s3:// prefix) for the output files."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no table, only errors."),
     top_k: int = typer.Option(3, "--top-k", min=1, max=7, help="Emotions listed per utterance."),
-    sample: bool = typer.Option(False, "--sample", help="Generate a short talking video (no network) and analyse it."),
+    sample: bool = typer.Option(False, "--sample",
+                                help="Generate a short talking video (no network) and analyse it."),
 ) -> None:
     """Per-utterance emotion and sentiment timeline; writes NAME.mmva.json (and other formats)."""
     from mmva.analyze import analyze, analyze_batch, expand_inputs
@@ -126,7 +129,8 @@ def _run_batch(inputs: list[str], n_files: int, out: str, formats: list[str], qu
         def progress(stage: str, f: float) -> None:
             bar.update(current, description=stage, completed=f)
 
-        return analyze_batch(inputs, out_dir=out, formats=formats, on_result=on_result, progress=progress, **kwargs)
+        return analyze_batch(inputs, out_dir=out, formats=formats, on_result=on_result, progress=progress,
+                             **kwargs)
 
 
 def _message(src: str, exc: BaseException | str) -> str:
