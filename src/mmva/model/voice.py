@@ -1,0 +1,222 @@
+"""The voice emotion head (contract G): audio in, calibrated 7-class emotion probabilities out.
+
+A :class:`VoiceHead` wraps audio-only :class:`~mmva.model.multimodal.MultimodalSentimentAnalyzer`
+checkpoints (text and video absent, masked) trained by the project's trainer on acted speech, plus
+the normalisation and calibration that travel with them (``voice.json``):
+
+- the *utterance* head (``voice_head.safetensors``) scores one clip of an unknown speaker: its
+  prosody vector is standardised with the average training speaker's statistics;
+- the *speaker* head (``voice_head_speaker.safetensors``, optional) is trained on per-speaker
+  normalised features; :meth:`VoiceHead.predict_proba_batch` uses it when the caller says the clips
+  come from one speaker and there are enough of them (``min_speaker_utterances``) to estimate
+  that speaker's statistics (shrunk towards the population's).
+
+Each head's logits are divided by a temperature fitted on held-out (leave-one-speaker-out) folds.
+Audio with no speech (silence, a very low level, no voiced frames) gives ``None``: the voice
+modality is then masked by whoever fuses it, never replaced by a guess.
+
+>>> head = load_voice_head()                                   # doctest: +SKIP
+>>> head.predict_proba(audio_16k).round(2)                     # doctest: +SKIP
+array([0.05, 0.02, 0.08, 0.41, 0.22, 0.07, 0.15], dtype=float32)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmva.io.clip import DecodedClip
+from mmva.labels import EMOTIONS
+
+log = logging.getLogger("mmva")
+
+CONFIG_FILE = "voice.json"
+MIN_RMS = 10 ** (-55 / 20)  # below -55 dBFS frame RMS there is no usable voice
+
+
+def has_voice(audio: np.ndarray | None) -> bool:
+    """Cheap first check: a non-empty, finite waveform whose loudest 25 ms frame is above -55 dBFS."""
+    if audio is None or np.asarray(audio).size < 400:
+        return False
+    y = np.asarray(audio, dtype=np.float32).reshape(-1)
+    if not np.isfinite(y).all():
+        return False
+    frames = y[: y.size // 400 * 400].reshape(-1, 400)
+    return float(np.sqrt((frames ** 2).mean(1)).max()) >= MIN_RMS
+
+
+@dataclass(frozen=True)
+class Standardizer:
+    """Feature statistics used before a head: ``(x - mean) / max(std, floor)``."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        from mmva.encoders.prosody import zscore
+
+        return torch.from_numpy(zscore(x.numpy(), self.mean, self.std))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> "Standardizer | None":
+        if not raw:
+            return None
+        return cls(np.asarray(raw["mean"], dtype=np.float64), np.asarray(raw["std"], dtype=np.float64))
+
+    def adapted(self, feats: np.ndarray, prior_weight: float) -> "Standardizer":
+        """This (population) standardizer shrunk towards the statistics of ``feats`` (one speaker):
+        weight n / (n + prior_weight) on the speaker's mean and variance."""
+        n = len(feats)
+        w = n / (n + prior_weight)
+        mean = w * feats.mean(0) + (1 - w) * self.mean
+        var = w * feats.var(0) + (1 - w) * self.std ** 2
+        return Standardizer(mean, np.sqrt(var))
+
+
+class _Head:
+    """One checkpoint with its temperature and input standardisation."""
+
+    def __init__(self, model: torch.nn.Module, temperature: float, standardizer: Standardizer | None,
+                 source: str) -> None:
+        if list(getattr(model, "modalities", [])) != ["audio"]:
+            raise ValueError(f"{source}: expected an audio-only model, got modalities "
+                             f"{getattr(model, 'modalities', None)}")
+        self.model = model.eval()
+        self.encoder = model.encoders["audio"]
+        self.temperature = float(temperature)
+        self.standardizer = standardizer
+        self.source = source
+
+    def probs(self, prepared: list[torch.Tensor], standardizer: Standardizer | None = None) -> np.ndarray:
+        std = standardizer or self.standardizer
+        batch = self.encoder.collate([std(p) if std is not None else p for p in prepared])
+        with torch.no_grad():
+            feats = self.model.encode({"audio": batch})
+            logits = self.model.fuse(feats, masks={"audio": torch.ones(len(prepared))}, modality_dropout=0.0)["emotion"]
+        return torch.softmax(logits.float() / self.temperature, dim=-1).numpy().astype(np.float32)
+
+
+class VoiceHead:
+    """Audio -> calibrated emotion probabilities ``(7,)`` in MELD order, or None without speech.
+
+    >>> head = load_voice_head()                                   # doctest: +SKIP
+    >>> head.predict_proba(np.zeros(16000, np.float32)) is None    # doctest: +SKIP
+    True
+    """
+
+    def __init__(self, utterance: _Head, speaker: _Head | None = None, config: dict[str, Any] | None = None,
+                 source: str = "") -> None:
+        self.utterance_head = utterance
+        self.speaker_head = speaker
+        self.config = dict(config or {})
+        self.source = source
+        self.labels: tuple[str, ...] = tuple(self.config.get("labels", EMOTIONS))
+        self.sample_rate = int(self.config.get("sample_rate", 16000))
+        self.min_speaker_utterances = int(self.config.get("min_speaker_utterances", 10))
+        self.prior_weight = float(self.config.get("speaker_prior_weight", 10))
+        self._lock = threading.Lock()  # one forward at a time: shared eval-mode modules
+
+    @property
+    def encoder_name(self) -> str:
+        return self.utterance_head.encoder.name
+
+    def features(self, audio: np.ndarray | None, sample_rate: int = 16000) -> torch.Tensor | None:
+        """The encoder's input for one waveform (before standardisation), or None without speech."""
+        if not has_voice(audio):
+            return None
+        y = np.asarray(audio, dtype=np.float32).reshape(-1)
+        if sample_rate != self.sample_rate:
+            import librosa
+
+            y = librosa.resample(y, orig_sr=sample_rate, target_sr=self.sample_rate)
+        return self.utterance_head.encoder.prepare(DecodedClip(audio=y, sample_rate=self.sample_rate))
+
+    def predict_proba_batch(self, audios: list[np.ndarray | None], sample_rate: int = 16000, *,
+                            same_speaker: bool = False) -> list[np.ndarray | None]:
+        """:meth:`predict_proba` for many clips. ``same_speaker=True`` (e.g. one talking head's
+        utterances) normalises them with that speaker's own statistics and uses the speaker head,
+        when there is one and at least ``min_speaker_utterances`` clips have speech."""
+        prepared = [self.features(a, sample_rate) for a in audios]
+        present = [i for i, p in enumerate(prepared) if p is not None]
+        out: list[np.ndarray | None] = [None] * len(audios)
+        if not present:
+            return out
+        xs = [prepared[i] for i in present]
+        head, std = self.utterance_head, None
+        sp = self.speaker_head
+        if same_speaker and sp is not None and sp.standardizer is not None and len(xs) >= self.min_speaker_utterances:
+            head = sp
+            std = sp.standardizer.adapted(torch.stack(xs).double().numpy(), self.prior_weight)
+        with self._lock:
+            probs = head.probs(xs, std)
+        for j, i in enumerate(present):
+            out[i] = probs[j]
+        return out
+
+    def predict_proba(self, audio: np.ndarray | None, sample_rate: int = 16000) -> np.ndarray | None:
+        """Calibrated probabilities ``(7,)`` (anger, disgust, fear, joy, neutral, sadness, surprise),
+        or None when the audio holds no speech (silence, very low level, no voiced frames)."""
+        return self.predict_proba_batch([audio], sample_rate)[0]
+
+    def predict(self, audio: np.ndarray | None, sample_rate: int = 16000, top_k: int = 3) -> list[dict[str, Any]] | None:
+        """Top-k ``[{"label", "confidence"}]``, best first, or None without speech."""
+        probs = self.predict_proba(audio, sample_rate)
+        if probs is None:
+            return None
+        order = np.argsort(-probs)[:top_k]
+        return [{"label": self.labels[i], "confidence": float(probs[i])} for i in order]
+
+
+def default_head_dir() -> Path:
+    """The folder of the head that ships with mmva (``mmva/assets/voice``)."""
+    return Path(str(resources.files("mmva") / "assets" / "voice"))
+
+
+_CACHE: dict[str, VoiceHead] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _load_head(folder: Path, spec: dict[str, Any]) -> _Head:
+    from mmva.model.checkpoint import load_model
+
+    path = folder / spec["file"]
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: voice head weights missing (named in {folder / CONFIG_FILE})")
+    return _Head(load_model(str(path)), spec.get("temperature", 1.0), Standardizer.from_dict(spec.get("standardizer")),
+                 str(path))
+
+
+def load_voice_head(path: str | None = None) -> VoiceHead:
+    """Load a voice head (cached per folder): a folder with ``voice.json`` and the checkpoints it
+    names, or None for the head shipped with mmva (loads offline from the package).
+
+    >>> head = load_voice_head()                     # doctest: +SKIP
+    >>> head.encoder_name                            # doctest: +SKIP
+    'prosody'
+    """
+    folder = Path(path) if path else default_head_dir()
+    if folder.is_file():
+        folder = folder.parent
+    cfg_path = folder / CONFIG_FILE
+    if not cfg_path.exists():
+        hint = ("the voice head that ships with mmva is missing: reinstall mmva, or train one with "
+                "`mmva voice-train` (docs/voice.md)") if not path else "not a voice head folder (no voice.json)"
+        raise FileNotFoundError(f"{cfg_path}: {hint}")
+    key = str(cfg_path.resolve())
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            config = json.loads(cfg_path.read_text())
+            heads = config.get("heads", {})
+            if "utterance" not in heads:
+                raise ValueError(f"{cfg_path}: no 'utterance' head")
+            speaker = _load_head(folder, heads["speaker"]) if "speaker" in heads else None
+            _CACHE[key] = VoiceHead(_load_head(folder, heads["utterance"]), speaker, config, source=str(folder))
+        return _CACHE[key]
