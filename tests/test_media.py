@@ -154,6 +154,23 @@ def test_seek_makes_a_late_window_cheap(tmp_path):
     assert late < whole
 
 
+def test_two_hour_video_streams_with_bounded_memory(tmp_path):
+    """A two-hour input (a still image at 1 fps, ~2 s to write) is read frame by frame, not loaded."""
+    psutil = pytest.importorskip("psutil")
+    still = face_frames(1, 96)[0]
+    path = write_video(tmp_path / "two_hours.mp4", [still] * 7200, fps=1)
+    assert probe(path).duration == pytest.approx(7200, abs=1)
+    proc = psutil.Process()
+    before, peak, times = proc.memory_info().rss, 0, []
+    for t, frame in iter_frames(path, fps=1 / 60):
+        times.append(t)
+        peak = max(peak, proc.memory_info().rss)
+    assert len(times) == 120 and times[-1] == pytest.approx(7140)
+    assert peak - before < 50 * 2**20  # all its frames decoded would be ~200 MB of pixels
+    clip = decode_clip(path, start=7000.0, end=7010.0, num_frames=4)
+    assert all(7000 <= t <= 7010 for t in clip.frame_times)
+
+
 @pytest.mark.parametrize("case", ["zero-byte", "random-bytes", "truncated", "missing", "directory"])
 def test_unreadable_files_raise_media_error_naming_the_file(tmp_path, av_clip, case):
     path = tmp_path / "bad.mp4"
