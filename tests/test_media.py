@@ -276,3 +276,25 @@ def test_fuzzed_media_neither_hangs_nor_kills_the_process(tmp_path, av_clip):
     assert proc.returncode == 0, proc.stderr[-2000:]
     outcomes = json.loads(proc.stdout.strip().splitlines()[-1])
     assert outcomes["ok"] + outcomes["error"] == 40 and outcomes["error"] > 0
+
+
+def test_stream_without_duration_is_still_sampled_across(tmp_path):
+    """A raw H.264 elementary stream has no container duration: frames are thinned while streaming."""
+    import av
+
+    frames = moving_frames(30, 32, 32)
+    path = tmp_path / "raw.h264"
+    with av.open(str(path), "w", format="h264") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        for i, f in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+            vf.pts = i
+            out.mux(stream.encode(vf))
+        out.mux(stream.encode())
+    assert probe(path).duration == 0.0
+    clip = decode_clip(path, num_frames=5)
+    columns = [bar_column(f) for f in clip.frames]
+    assert clip.frames.shape == (5, 32, 32, 3) and columns == sorted(columns)
+    assert columns[0] <= 2 and columns[-1] >= 28  # first and last frames of the stream
