@@ -236,6 +236,9 @@ def test_decode_from_s3(s3_bucket, av_clip, aws_env):
     assert clip.frames.shape == (3, 48, 64, 3) and clip.has_audio
     with pytest.raises(MediaError, match="file not found"):
         decode_clip(f"{s3_bucket}/clips/nope.mp4")
+    storage.write_bytes_atomic(f"{s3_bucket}/clips/empty.mp4", b"")
+    with pytest.raises(MediaError, match=r"empty\.mp4: empty file \(0 bytes\)"):
+        probe(f"{s3_bucket}/clips/empty.mp4")
 
 
 FUZZ = textwrap.dedent("""

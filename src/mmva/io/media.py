@@ -69,9 +69,14 @@ def _open(path: str | os.PathLike) -> Iterator[av.container.InputContainer]:
     handle = None
     try:
         if storage.is_remote(path):
-            if not storage.exists(path):
-                raise MediaError(path, "file not found")
-            handle = storage.open_uri(path, "rb")  # fsspec file: PyAV seeks in it, no full download
+            fs, fs_path = storage.filesystem(path)  # one client for the existence check and the reads
+            try:
+                # fsspec file: PyAV seeks in it, only the ranges it reads are fetched
+                handle = fs.open(fs_path, "rb")
+            except FileNotFoundError:
+                raise MediaError(path, "file not found") from None
+            if getattr(handle, "size", 1) == 0:
+                raise MediaError(path, "empty file (0 bytes)")
             source: Any = handle
         else:
             p = Path(path)
