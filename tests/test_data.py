@@ -285,7 +285,9 @@ def test_dataset_items_and_batches(generated_corpus, tiny):
     corpus = load_corpus(str(generated_corpus), "train")
     assert corpus.problems == [] and len(corpus) == 42
     ds = UtteranceDataset(corpus.utterances, encoders, cfg.data)
+    threads = torch.get_num_threads()
     item = ds[0]
+    assert torch.get_num_threads() == threads  # single-threaded per item, restored afterwards
     assert set(item) == {"uid", "inputs", "features", "emotion", "sentiment", "problems"}
     assert item["inputs"]["video"].shape == (cfg.data.num_frames, 3, cfg.data.frame_size, cfg.data.frame_size)
     assert item["inputs"]["audio"].shape == (1, cfg.data.n_mels, cfg.data.audio_frames)
