@@ -72,6 +72,9 @@ def test_a_foreign_corrupt_entry_is_a_miss_and_gets_rewritten(tmp_path: Path, ca
     assert "unreadable" in caplog.text and cache.path(key) in caplog.text
     report = extract_features([utt], {"text": enc}, cache, DATA, progress=False)
     assert report.computed == 1 and cache.get(key).shape == (32,)
+    whole = Path(cache.path(key)).read_bytes()  # a torn write (power cut): detected, not misread
+    Path(cache.path(key)).write_bytes(whole[: len(whole) - 7])
+    assert cache.get(key) is MISSING
 
 
 def test_keys_follow_content_and_preprocessing(tmp_path: Path, face_video: Path, face_enc) -> None:

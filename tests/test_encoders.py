@@ -205,3 +205,20 @@ def test_shipped_face_weights_match_the_keras_graph_they_came_from() -> None:
     assert "MIT" in meta["source"] and len(meta["source_sha256"]) == 64
     tool = _convert_tool()
     assert tool.check(json.loads(meta["keras_model_config"]), state, n=2) < 1e-5
+
+
+def test_face_is_re_detected_near_where_it_was() -> None:
+    from skimage.data import astronaut
+
+    from mmva.encoders.face import detect_and_classify, detect_near
+
+    image = astronaut()
+    grey = image.mean(axis=2).astype(np.uint8)
+    near = detect_near(grey, (170, 60, 100, 100))
+    assert len(near) == 1 and abs(near[0][0] - 176) < 12 and abs(near[0][1] - 66) < 12
+    assert detect_near(grey, (400, 400, 100, 100)) == []  # nothing where no face is
+    # along a clip whose face shifts, the face stays found in every frame
+    frames = np.stack([np.roll(image, 12 * i, axis=1) for i in range(4)])
+    result = detect_and_classify(frames)
+    assert result.n_frames_with_face == 4
+    assert [b[0] - 176 for b in result.boxes] == pytest.approx([0, 12, 24, 36], abs=8)

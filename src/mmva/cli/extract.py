@@ -22,6 +22,9 @@ def extract_cmd(
                                help="Config preset or YAML whose data settings (frames, sample rate, "
                                     "context turns) and encoder options to use; match the one you train with."),
     override: Optional[list[str]] = typer.Option(None, "--set", help="Config override section.key=value."),
+    torch_threads: Optional[int] = typer.Option(None, "--torch-threads",
+                                                help="Torch intra-op threads for the forward passes "
+                                                     "(1 is fastest for small encoders on a busy machine)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Compute encoder features for a corpus into a cache (resumable; a rerun computes only what is missing)."""
@@ -49,7 +52,7 @@ def extract_cmd(
         if len(corpus.problems) > 10:
             console.print(f"  [yellow]corpus:[/] ... and {len(corpus.problems) - 10} more problems")
         report = extract_features(corpus.utterances, encs, store, cfg.data, workers=workers,
-                                  progress=progress, batch_size=batch_size)
+                                  progress=progress, batch_size=batch_size, torch_threads=torch_threads)
         console.print(report.summary())
         failed += len(report.failed)
     if failed:
