@@ -3,14 +3,15 @@
 ``make_corpus(out_dir)`` writes ``{split}_sent_emo.csv`` and real H.264/AAC MP4 clips
 (``train_splits/``, ``dev_splits_complete/``, ``output_repeated_splits_test/``) with PyAV:
 
-- text: a sentence that names the feeling ("I feel so happy about the trip"), from a per-class
-  word list, with neutral fillers so the words alone are not a lookup table;
-- voice: espeak-ng speaks a *label-free* sentence (so audio cannot lean on the words) with a pitch,
-  rate and loudness per class;
+- text: a short sentence with a word that names the feeling ("I feel so furious.");
+- voice: espeak-ng speaks that sentence with a pitch, rate, loudness and voice variant per class
+  (so speech recognition still gets the words, and prosody carries its own cue);
 - face: a real photo (``skimage.data.astronaut()``) cropped to the face and transformed per class
-  (brightness, hue, flip, rotation, zoom, motion) plus random jitter.
+  (tint, brightness, zoom, mirroring, movement) plus random jitter.
 
-So a test can show each single modality beats chance and their fusion beats each of them.
+In each class about ``1 - agreement`` of the clips show another class's cue in exactly one
+modality (recorded in the ``TextCue``/``VoiceCue``/``FaceCue`` columns), so each single modality
+beats chance without being perfect, and fusion can outvote the odd one out.
 The helpers :func:`write_mp4`, :func:`speak` and :func:`face_photo` are reused by the tests.
 """
 
@@ -30,9 +31,8 @@ from typing import Iterable, Sequence
 import av
 import numpy as np
 
+from mmva.data.meld import CLIP_FOLDERS as SPLIT_FOLDERS
 from mmva.labels import EMOTIONS, sentiment_of_emotion
-
-SPLIT_FOLDERS = {"train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test"}
 
 
 # --------------------------------------------------------------------------------------------
