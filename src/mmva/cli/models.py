@@ -14,9 +14,9 @@ from mmva.cli import app, console
 def train_text_cmd(
     data: str = typer.Option(..., "--data", help="MELD-format folder with {split}_sent_emo.csv."),
     out: str = typer.Option("runs/text", "--out", help="Run folder (epoch files, metrics, final model)."),
-    epochs: int = typer.Option(3, help="Training epochs (the epoch with the best dev emotion wF1 is kept)."),
+    epochs: int = typer.Option(2, help="Training epochs (the epoch with the best dev emotion wF1 is kept)."),
     batch_size: int = typer.Option(32, help="Utterances per step."),
-    lr: float = typer.Option(6e-4, help="Learning rate of the LoRA adapter."),
+    lr: float = typer.Option(1e-3, help="Learning rate of the LoRA adapter."),
     context_turns: int = typer.Option(1, help="Previous utterances of the dialogue given as context."),
     seed: int = typer.Option(13, help="Random seed."),
     max_train: Optional[int] = typer.Option(None, help="Subsample the training split (smoke runs)."),

@@ -54,6 +54,9 @@ class TextClassifierConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.1
     target_modules: tuple[str, ...] = ("query", "key", "value", "dense")
+    # The bottom layers stay frozen (no adapter): training runs them once per example and caches
+    # their output, so each epoch pays only for the top layers (the CPU here is the bottleneck).
+    frozen_layers: int = 3
     head_dropout: float = 0.1
     labels: dict[str, tuple[str, ...]] = field(
         default_factory=lambda: {"emotion": EMOTIONS, "sentiment": SENTIMENTS})
@@ -106,9 +109,13 @@ class TextClassifier(nn.Module):
         if lora:
             from peft import LoraConfig, get_peft_model
 
+            n_layers = int(encoder.config.num_hidden_layers)
+            top = list(range(config.frozen_layers, n_layers))
             encoder = get_peft_model(encoder, LoraConfig(
                 r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                target_modules=list(config.target_modules), bias="none"))
+                target_modules=list(config.target_modules), bias="none",
+                layers_to_transform=top if config.frozen_layers else None,
+                layers_pattern="layer" if config.frozen_layers else None))
         return cls(config, encoder, tokenizer)
 
     # -- inputs ------------------------------------------------------------------------------
@@ -145,11 +152,33 @@ class TextClassifier(nn.Module):
         return {"input_ids": ids, "token_type_ids": tt, "attention_mask": mask}
 
     # -- model -------------------------------------------------------------------------------
+    def _bert(self) -> nn.Module:
+        enc = self.encoder
+        return enc.get_base_model() if hasattr(enc, "get_base_model") else enc
+
+    def _layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, layers: Any) -> torch.Tensor:
+        bert = self._bert()
+        ext = bert.get_extended_attention_mask(attention_mask, attention_mask.shape)  # (b, 1, 1, t) additive
+        for layer in layers:
+            hidden = layer(hidden, attention_mask=ext)[0]
+        return hidden
+
+    def bottom(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Embeddings + the frozen bottom layers: ``(b, t, d)``, cacheable during training."""
+        bert = self._bert()
+        hidden = bert.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        return self._layers(hidden, attention_mask, bert.encoder.layer[: self.config.frozen_layers])
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Raw (uncalibrated) logits per task, ``{"emotion": (b, 7), "sentiment": (b, 3)}``."""
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
-                              token_type_ids=token_type_ids).last_hidden_state  # (b, t, d)
+        return self.top(self.bottom(input_ids, attention_mask, token_type_ids), attention_mask)
+
+    def top(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The adapted top layers, mean pooling and heads over a bottom output ``(b, t, d)``."""
+        bert = self._bert()
+        hidden = self._layers(hidden, attention_mask, bert.encoder.layer[self.config.frozen_layers:])
         m = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (b, t, 1)
         pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)  # (b, d): MiniLM is trained mean-pooled
         pooled = self.dropout(pooled)
