@@ -220,10 +220,11 @@ def test_media_error_survives_pickling_for_dataloader_workers():
 def test_embedded_subtitles_are_read(tmp_path):
     from tests.media import write_with_subtitles
 
-    cues = [(1.0, 2.5, "Hello there."), (3.0, 3.4, "Second cue, with a comma")]
+    cues = [(1.0, 2.5, "Hello there."), (3.0, 3.4, "Second cue, with a comma"),
+            (3.5, 3.9, "<i>Styled</i> text\non two lines")]
     path = write_with_subtitles(tmp_path / "subs.mkv", moving_frames(40, 32, 32), cues, fps=10)
     assert probe(path).n_subtitle_streams == 1
-    assert read_subtitles_stream(path) == cues
+    assert read_subtitles_stream(path) == [*cues[:2], (3.5, 3.9, "Styled text\non two lines")]
     assert read_subtitles_stream(write_video(tmp_path / "none.mp4", moving_frames(4))) == []
 
 
