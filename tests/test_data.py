@@ -210,6 +210,30 @@ def test_csv_manifest_paths_times_labels(tmp_path):
     assert "line 9: neither text nor path" in text
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(_TEXT.filter(str.strip), st.floats(0, 1e4), st.floats(0.01, 100),
+                          st.sampled_from(["joy", "Sad", "angry", ""])), min_size=1, max_size=6),
+       st.booleans())
+def test_manifest_reader_round_trips(tmp_path_factory, rows, as_jsonl):
+    folder = tmp_path_factory.mktemp("manifest")
+    records = [{"text": t, "start": round(s, 3), "end": round(s + d, 3), "emotion": e} for t, s, d, e in rows]
+    if as_jsonl:
+        path = folder / "train.jsonl"
+        path.write_text("\n".join(json.dumps(r) for r in records), encoding="utf-8")
+    else:
+        path = folder / "train.csv"
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["text", "start", "end", "emotion"])
+            writer.writeheader()
+            writer.writerows(records)
+    utts, problems = read_manifest(str(path), "train")
+    assert problems == [] and len({u.uid for u in utts}) == len(rows)
+    assert [u.text for u in utts] == [r["text"].strip() for r in records]
+    assert [(u.start_time, u.end_time) for u in utts] == [(r["start"], r["end"]) for r in records]
+    aliases = {"joy": "joy", "Sad": "sadness", "angry": "anger", "": None}
+    assert [u.emotion for u in utts] == [aliases[r["emotion"]] for r in records]
+
+
 def test_jsonl_manifest_and_duplicate_ids(tmp_path):
     write_video(tmp_path / "x.mp4", moving_frames(4))
     lines = [
