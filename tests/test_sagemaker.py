@@ -147,3 +147,100 @@ def test_find_model_explains_what_is_wrong(tmp_path):
     bad.write_bytes(b"not a tar")
     with pytest.raises(package.ModelPackageError, match="bad.tar.gz"):
         package.unpack_model(str(bad), tmp_path / "x")
+
+
+# -- the training entry point in a simulated SageMaker container -----------------------------------
+def _opt_ml(root: Path, corpus: Path, hyperparameters: dict[str, str], checkpoints: bool = False) -> Path:
+    """The /opt/ml tree SageMaker prepares: channel data, hyperparameters, resource config."""
+    import shutil
+
+    ml = root / "opt" / "ml"
+    if not (ml / "input" / "data" / "training").exists():
+        shutil.copytree(corpus, ml / "input" / "data" / "training")
+    config = ml / "input" / "config"
+    config.mkdir(parents=True, exist_ok=True)
+    (config / "hyperparameters.json").write_text(json.dumps(hyperparameters))
+    (config / "resourceconfig.json").write_text(json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]}))
+    if checkpoints:
+        (ml / "checkpoints").mkdir(exist_ok=True)
+    return ml
+
+
+def _run_entry(ml: Path, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
+    env.update({"SM_PREFIX": str(ml), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **(extra_env or {})})
+    return subprocess.run([sys.executable, "-m", "mmva.cloud.entry"], capture_output=True, text=True,
+                          timeout=400, env=env)
+
+
+@pytest.fixture(scope="module")
+def sm_corpus(tmp_path_factory) -> Path:
+    from mmva.data import make_corpus
+
+    return make_corpus(tmp_path_factory.mktemp("smcorpus"), n_per_class={"train": 2, "dev": 1}, seed=2,
+                       size=32, fps=4.0)
+
+
+HPS = {"config": "tiny", "data.num_frames": "4", "data.frame_size": "32", "model.freeze_text": "true",
+       "sagemaker_program": "ignored-by-mmva"}
+
+
+def test_entry_point_trains_and_writes_a_servable_model(sm_corpus, tmp_path):
+    """Spot-style job: checkpoints in /opt/ml/checkpoints; the restarted job resumes from them."""
+    ml = _opt_ml(tmp_path, sm_corpus, {**HPS, "train.epochs": "1"}, checkpoints=True)
+    first = _run_entry(ml)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
+    assert (ml / "checkpoints" / "run" / "checkpoints" / "last.ckpt").is_file()
+
+    _opt_ml(tmp_path, sm_corpus, {**HPS, "train.epochs": "2"}, checkpoints=True)  # the job restarts
+    second = _run_entry(ml)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-5000:]
+    metrics = json.loads((ml / "output" / "data" / "metrics.json").read_text())
+    assert metrics["resumed_from_epoch"] == 1 and metrics["epochs_completed"] == 2
+    assert metrics["emotion"]["support"] == 7
+
+    # SM_MODEL_DIR holds exactly what model.tar.gz must hold, and it loads as the trained model.
+    model_dir = ml / "model"
+    assert sorted(p.name for p in model_dir.iterdir()) == ["mmva-model.json", "model.safetensors"]
+    manifest = json.loads((model_dir / "mmva-model.json").read_text())
+    assert manifest["config_name"] == "tiny"
+    assert manifest["metrics"]["emotion"]["accuracy"] == pytest.approx(metrics["emotion"]["accuracy"])
+    model = load_model(package.find_model(model_dir))
+    assert model.config.name == "tiny" and model.config.data.frame_size == 32  # the job's overrides
+    # metric lines for the job's MetricDefinitions
+    assert f"dev/emotion_accuracy={metrics['emotion']['accuracy']:.6f}" in second.stdout
+
+
+def test_entry_point_reads_sm_variables(sm_corpus, tmp_path):
+    from mmva.cloud.entry import SageMakerEnv, torchrun_command
+
+    channel = tmp_path / "chan"
+    channel.mkdir()
+    env = {"SM_CHANNEL_TRAINING": str(channel), "SM_MODEL_DIR": str(tmp_path / "m"),
+           "SM_OUTPUT_DATA_DIR": str(tmp_path / "o"), "SM_HOSTS": '["algo-1", "algo-2"]',
+           "SM_CURRENT_HOST": "algo-2", "SM_NUM_GPUS": "4", "SM_PREFIX": str(tmp_path / "none"),
+           "SM_HPS": json.dumps({"config": "tiny", "train.epochs": "3", "train.lr": "0.01"})}
+    old = dict(os.environ)
+    os.environ.update(env)
+    try:
+        sm = SageMakerEnv.from_environment()
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    assert sm.data_root() == str(channel) and sm.model_dir == str(tmp_path / "m")
+    assert sm.hosts == ("algo-1", "algo-2") and sm.host_rank == 1 and sm.num_gpus == 4
+    assert sm.overrides() == ["train.epochs=3", "train.lr=0.01"]
+    assert sm.checkpoint_dir is None and sm.run_dir() == str(tmp_path / "o" / "run")
+    cmd = torchrun_command(sm)
+    assert cmd[-2:] == ["-m", "mmva.cloud.entry"]
+    assert {"--nnodes=2", "--node_rank=1", "--nproc_per_node=4", "--master_addr=algo-1"} <= set(cmd)
+
+
+def test_entry_point_failure_is_reported_to_sagemaker(sm_corpus, tmp_path, monkeypatch):
+    from mmva.cloud.entry import main
+
+    ml = _opt_ml(tmp_path, sm_corpus, {"config": "tiny", "epochs": "3"})  # not section.key
+    monkeypatch.setenv("SM_PREFIX", str(ml))
+    assert main([]) == 1
+    failure = (ml / "output" / "failure").read_text()
+    assert "epochs" in failure and "section.key" in failure

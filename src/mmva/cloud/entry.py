@@ -159,9 +159,10 @@ def torchrun_command(env: SageMakerEnv) -> list[str] | None:
     if len(env.hosts) <= 1 and procs <= 1:
         return None
     port = int(env.hyperparameters.get("master-port") or 29500)
+    master = env.hosts[0] if len(env.hosts) > 1 else "127.0.0.1"  # SageMaker resolves algo-N names
     return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={len(env.hosts)}",
             f"--node_rank={env.host_rank}", f"--nproc_per_node={procs}",
-            f"--master_addr={env.hosts[0]}", f"--master_port={port}", "-m", "mmva.cloud.entry"]
+            f"--master_addr={master}", f"--master_port={port}", "-m", "mmva.cloud.entry"]
 
 
 def _metric_lines(metrics: dict[str, Any], name: str = "") -> list[str]:
@@ -187,8 +188,12 @@ def train(env: SageMakerEnv) -> dict[str, Any]:
     from mmva.train.fit import fit
 
     config = load_config(str(env.hyperparameters.get("config") or "tiny"), env.overrides())
+    from mmva.io import storage
+
     run_dir = env.run_dir()
-    resume = bool(env.hyperparameters.get("resume", True))
+    # A restarted job (spot interruption) finds its checkpoints in /opt/ml/checkpoints: continue.
+    resume = bool(env.hyperparameters.get("resume", True)) and storage.exists(
+        storage.join(run_dir, "checkpoints", "last.ckpt"))
     log.info("SageMaker training: config %s, data %s, run dir %s, host %s of %s", config.name,
              env.data_root(), run_dir, env.current_host, list(env.hosts))
     result = fit(config, env.data_root(), run_dir, resume=resume,

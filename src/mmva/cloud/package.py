@@ -39,6 +39,19 @@ class ModelPackageError(ValueError):
         self.reason = reason
 
 
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Scalar metrics only (per-class tables, confusion matrices and histories stay in the run)."""
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            inner = _headline(value)
+            if inner:
+                out[key] = inner
+        elif isinstance(value, (int, float, str)) and key not in ("history",):
+            out[key] = value
+    return out
+
+
 def _manifest(checkpoint: str, metrics: dict[str, Any] | None) -> dict[str, Any]:
     from mmva import __version__
     from mmva.model.checkpoint import read_metadata
@@ -47,7 +60,12 @@ def _manifest(checkpoint: str, metrics: dict[str, Any] | None) -> dict[str, Any]
     config = meta.get("config") or {}
     return {"format": MANIFEST_FORMAT, "checkpoint": CHECKPOINT_NAME, "mmva_version": __version__,
             "config_name": config.get("name") if isinstance(config, dict) else None,
-            "metrics": metrics if metrics is not None else (meta.get("extra") or {}).get("metrics", {})}
+            "metrics": _headline(metrics if metrics is not None else _saved_metrics(meta.get("extra") or {}))}
+
+
+def _saved_metrics(extra: dict[str, Any]) -> dict[str, Any]:
+    # fit() stores the dev metrics of the saved epoch under "dev"
+    return extra.get("dev") or extra.get("metrics") or {}
 
 
 def write_model_dir(checkpoint: str, model_dir: str | os.PathLike,
