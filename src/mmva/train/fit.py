@@ -304,6 +304,8 @@ def _finish(run_dir: str, ckpt_cb: ExportingCheckpoint, task: SentimentTask, tra
             features: dict[str, Any]) -> FitResult:
     last = export_path(ckpt_cb.last_model_path) if ckpt_cb.last_model_path else ""
     best = export_path(ckpt_cb.best_model_path) if ckpt_cb.best_model_path else last
+    if ckpt_cb.errors and best and not storage.exists(best):  # its write failed (e.g. full disk)
+        best = last if last and storage.exists(last) else ""
     best_score = ckpt_cb.best_model_score
     metrics: dict[str, Any] = {
         "best_epoch": task.best_metrics.get("epoch"),
