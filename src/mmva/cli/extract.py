@@ -31,7 +31,8 @@ def extract_cmd(
     from mmva.config import load_config
     from mmva.data.corpus import load_corpus
     from mmva.encoders.base import create_encoder, encoder_class
-    from mmva.encoders.cache import FeatureCache, extract_features
+    from mmva.encoders.cache import FeatureCache
+    from mmva.train.distributed import extract_features_sharded  # split across torchrun processes
 
     cfg = load_config(config, override or [])
     encs = {}
@@ -51,8 +52,8 @@ def extract_cmd(
             console.print(f"  [yellow]corpus:[/] {problem}")
         if len(corpus.problems) > 10:
             console.print(f"  [yellow]corpus:[/] ... and {len(corpus.problems) - 10} more problems")
-        report = extract_features(corpus.utterances, encs, store, cfg.data, workers=workers,
-                                  progress=progress, batch_size=batch_size, torch_threads=torch_threads)
+        report = extract_features_sharded(corpus.utterances, encs, store, cfg.data, workers=workers,
+                                          progress=progress, batch_size=batch_size, torch_threads=torch_threads)
         console.print(report.summary())
         failed += len(report.failed)
     if failed:

@@ -297,12 +297,15 @@ def shard(items: Sequence[T], rank: int | None = None, world: int | None = None)
 
 
 def merge_reports(reports: Sequence[Any]) -> Any:
-    """Merge per-process dataclass reports: numbers add up, lists concatenate."""
+    """Merge per-process dataclass reports: counts add up, lists concatenate, times take the max
+    (the processes ran side by side)."""
     first = reports[0]
     values: dict[str, Any] = {}
     for f in dataclasses.fields(first):
         vals = [getattr(r, f.name) for r in reports]
-        if isinstance(vals[0], (int, float)) and not isinstance(vals[0], bool):
+        if isinstance(vals[0], float) and (f.name in ("seconds", "elapsed") or f.name.endswith("_s")):
+            values[f.name] = max(vals)
+        elif isinstance(vals[0], (int, float)) and not isinstance(vals[0], bool):
             values[f.name] = sum(vals)
         elif isinstance(vals[0], list):
             values[f.name] = [x for v in vals for x in v]
@@ -322,8 +325,8 @@ def extract_features_sharded(utterances: Sequence[Any], encoders: dict[str, Any]
 
     distributed = init_process_group()
     mine = shard(utterances) if distributed else list(utterances)
-    if distributed:
-        kwargs.setdefault("progress", is_main_process())
+    if distributed and not is_main_process():
+        kwargs["progress"] = False  # one progress bar, from rank 0
     report = extract_features(mine, encoders, cache, data, **kwargs)
     if not distributed:
         return report
