@@ -65,6 +65,10 @@ class ServerProcess:
             try:
                 if httpx.get(f"{self.url}/ping", timeout=2).status_code == 200:
                     return self
+                error = httpx.get(f"{self.url}/info", timeout=2).json().get("model_error")
+                if error:  # loading failed: no point waiting
+                    self.stop()
+                    raise RuntimeError(f"mmva serve could not load its model: {error}\n{self.log()}")
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)

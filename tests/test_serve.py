@@ -12,7 +12,7 @@ import signal
 import socket
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import AsyncIterator, Iterator
 
 import httpx
 import pytest
@@ -107,9 +107,11 @@ def test_raw_and_multipart_upload(client: httpx.Client, server: ServerProcess, v
     assert raw.status_code == 200, raw.text
     assert_analyze_json(raw.json(), "talk.mp4")
     assert "text" in raw.json()["utterances"][0]["modalities"]
-    multi = client.post("/invocations", files={"file": ("my clip.mp4", data, "video/mp4")})
+    multi = client.post("/invocations", files={"file": ("my clip.mp4", data, "video/mp4")},
+                        headers={"Accept": "text/vtt"})  # Accept picks the reply format
     assert multi.status_code == 200, multi.text
-    assert_analyze_json(multi.json(), "my clip.mp4")
+    assert multi.headers["content-type"].startswith("text/vtt") and multi.text.startswith("WEBVTT")
+    assert "-->" in multi.text
     assert uploads_left(server) == []  # temp files are always removed
 
 
@@ -228,6 +230,9 @@ def test_job_lifecycle_and_formats(client: httpx.Client, video: Path) -> None:
     assert client.get(f"/jobs/{job['id']}/result", params={"format": "exe"}).status_code == 400
     assert job["id"] in [j["id"] for j in client.get("/jobs").json()["jobs"]]
     assert client.get("/jobs/0123456789abcdef0123456789abcdef").status_code == 404
+    deleted = client.delete(f"/jobs/{job['id']}")
+    assert deleted.status_code == 202 and deleted.json()["deleted"] is True
+    assert client.get(f"/jobs/{job['id']}").status_code == 404
     assert client.get("/jobs/..%2F..%2Fetc").status_code == 404
 
 
@@ -289,6 +294,8 @@ def test_restart_keeps_finished_jobs_and_reruns_interrupted(server: ServerProces
             assert c.get(f"/jobs/{done_id}/result").json() == before
             final = wait_job(c, interrupted)
             assert final["state"] == "done", (was, final)
+            if was in ("queued", "running"):  # unfinished at shutdown: the new server ran it again
+                assert final["restarts"] == 1, final
     finally:
         again.stop()
 
@@ -367,3 +374,26 @@ def test_model_dir_with_a_training_checkpoint_is_refused_clearly(tmp_path: Path)
         service.require_model()
     assert err.value.status == 503
     service.jobs.shutdown()
+
+
+def test_stalled_upload_gets_408() -> None:
+    """A client that stops sending mid-body is cut off after the upload time limit."""
+    import asyncio
+
+    from mmva.serve.limits import _bounded_chunks
+
+    async def stalling() -> "AsyncIterator[bytes]":
+        yield b"x" * 10
+        await asyncio.sleep(30)
+        yield b"never"
+
+    async def consume() -> int:
+        total = 0
+        async for chunk in _bounded_chunks(stalling(), limit=1000, timeout_s=0.3, what="upload"):
+            total += len(chunk)
+        return total
+
+    started = time.monotonic()
+    with pytest.raises(RequestError) as err:
+        asyncio.run(consume())
+    assert err.value.status == 408 and time.monotonic() - started < 5

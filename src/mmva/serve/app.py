@@ -41,7 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmva import __version__
 from mmva.serve.auth import check_api_key
-from mmva.serve.jobs import Job, JobInput, JobManager, ProgressFn, QueueFull
+from mmva.serve.jobs import FINISHED, Job, JobInput, JobManager, ProgressFn, QueueFull
 from mmva.serve.limits import (Limits, RequestError, media_type, new_upload_path, read_json,
                                save_multipart_upload, save_raw_upload)
 
@@ -390,16 +390,17 @@ def _add_routes(app: FastAPI, service: Service, authed: list[Any]) -> None:
                 "MaxPayloadInMB": max(1, int(settings.limits.max_upload_mb))}
 
     @app.post("/invocations", dependencies=authed)
-    async def invocations(request: Request) -> JSONResponse:
+    async def invocations(request: Request) -> Response:
         service.require_model()
+        fmt = _accepted_format(request.headers.get("accept"))
         if media_type(request.headers.get("content-type")) == "application/json":
             body = await read_json(request, settings.limits)
             if isinstance(body, dict) and "text" in body:
-                return JSONResponse(await service.text_request(body))
+                return _render(await service.text_request(body), fmt)
             uri = _s3_uri_of(body)
             await anyio.to_thread.run_sync(check_s3_object, uri, settings.limits)
-            return JSONResponse(await service.run_sync(JobInput(kind="s3", name=uri, uri=uri)))
-        return JSONResponse(await service.run_sync(await service.receive_media(request)))
+            return _render(await service.run_sync(JobInput(kind="s3", name=uri, uri=uri)), fmt)
+        return _render(await service.run_sync(await service.receive_media(request)), fmt)
 
     @app.post("/jobs", status_code=202, dependencies=authed)
     async def submit_job(request: Request) -> JSONResponse:
@@ -430,7 +431,12 @@ def _add_routes(app: FastAPI, service: Service, authed: list[Any]) -> None:
 
     @app.delete("/jobs/{job_id}", status_code=202, dependencies=authed)
     def delete_job(job_id: str) -> dict[str, Any]:
-        return _job_links(service.jobs.cancel(service.jobs.get(job_id)))
+        """Cancel a queued or running job; delete a finished one (status and result)."""
+        job = service.jobs.get(job_id)
+        if job.state in FINISHED:
+            service.jobs.delete(job)
+            return {**job.status(), "deleted": True}
+        return _job_links(service.jobs.cancel(job))
 
 
 def _job_links(job: Job) -> dict[str, Any]:
@@ -441,16 +447,33 @@ _FORMATS = {"json": "application/json", "srt": "application/x-subrip", "vtt": "t
             "csv": "text/csv", "html": "text/html"}
 
 
+def _accepted_format(accept: str | None) -> str:
+    """The output format a client asks for in its Accept header (JSON unless it names another)."""
+    for item in (accept or "").split(","):
+        mtype = item.split(";")[0].strip().lower()
+        for fmt, known in _FORMATS.items():
+            if mtype == known:
+                return fmt
+    return "json"
+
+
+def _render(result: dict[str, Any], fmt: str, filename: str | None = None) -> Response:
+    """An analyze result as JSON, or converted by the analyze writers (srt, vtt, csv, html)."""
+    if fmt == "json":
+        return JSONResponse(result)
+    from mmva.analyze.timeline import Timeline
+    from mmva.analyze.writers import get_writer
+
+    text = get_writer(fmt).to_string(Timeline.from_dict(result))
+    headers = {"Content-Disposition": f'attachment; filename="{filename}.{fmt}"'} if filename else None
+    return Response(text, media_type=_FORMATS[fmt], headers=headers)
+
+
 def _result_response(path: Path, fmt: str, job_id: str) -> Response:
-    """The stored result as JSON, or converted by the analyze writers (srt, vtt, csv, html)."""
+    """A job's stored result, streamed as JSON or converted to another format."""
     fmt = fmt.lower()
     if fmt not in _FORMATS:
         raise RequestError(400, f"unknown format {fmt!r}; choose one of {', '.join(_FORMATS)}")
     if fmt == "json":
         return FileResponse(str(path), media_type="application/json")
-    from mmva.analyze.timeline import Timeline
-    from mmva.analyze.writers import get_writer
-
-    text = get_writer(fmt).to_string(Timeline.from_dict(json.loads(path.read_text())))
-    disposition = f'attachment; filename="{job_id}.{fmt}"'
-    return Response(text, media_type=_FORMATS[fmt], headers={"Content-Disposition": disposition})
+    return _render(json.loads(path.read_text()), fmt, filename=job_id)

@@ -85,6 +85,7 @@ class Job:
     error: str | None = None
     error_status: int | None = None
     timeout_s: float | None = None
+    restarts: int = 0  # times a server restart re-queued this job
     result: dict | None = None  # kept in memory only for non-persisted (synchronous) jobs
     cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
     ended: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -101,14 +102,14 @@ class Job:
             "created_at": _iso(self.created), "started_at": _iso(self.started),
             "finished_at": _iso(self.finished),
             "elapsed_s": round(end - self.started, 3) if self.started else None,
-            "error": self.error,
+            "error": self.error, "restarts": self.restarts,
             "cancel_requested": self.cancel_requested.is_set() and self.state not in FINISHED,
         }
 
     def record(self) -> dict[str, Any]:
         """What job.json stores (enough to rebuild the job after a restart)."""
         out = {k: getattr(self, k) for k in ("id", "state", "stage", "progress", "created", "started",
-                                             "finished", "error", "error_status", "timeout_s")}
+                                             "finished", "error", "error_status", "timeout_s", "restarts")}
         out["input"] = asdict(self.input)
         return out
 
@@ -190,6 +191,14 @@ class JobManager:
                 job.stage = "cancelling"
                 self._save(job)
         return job
+
+    def delete(self, job: Job) -> None:
+        """Forget a finished job and delete its folder (status, result)."""
+        with self._lock:
+            if job.state not in FINISHED:
+                raise RequestError(409, f"job {job.id} is {job.state}; cancel it first")
+            self._jobs.pop(job.id, None)
+        shutil.rmtree(self.root / job.id, ignore_errors=True)
 
     def resume(self) -> int:
         """Re-run the jobs a previous server left unfinished (call once the runner can work)."""
@@ -320,6 +329,7 @@ class JobManager:
                 job.ended.set()
             elif job.input.uri or (job.input.path and Path(job.input.path).exists()):
                 job.state, job.stage, job.progress, job.started = "queued", "queued (after restart)", 0.0, None
+                job.restarts += 1
                 self._save(job)
                 self._interrupted.append(job)  # started by resume()
             else:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator
 
+import anyio
 from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
 
@@ -117,25 +118,35 @@ def check_declared_length(headers: Any, limit: int, what: str = "upload") -> Non
         raise RequestError(413, f"{what} of {declared} bytes is over the limit of {limit} bytes")
 
 
-async def _bounded_chunks(stream: AsyncIterator[bytes], limit: int, deadline: float,
+async def _bounded_chunks(stream: AsyncIterator[bytes], limit: int, timeout_s: float,
                           what: str) -> AsyncIterator[bytes]:
-    """Yield body chunks, raising 413 once more than ``limit`` bytes came and 408 past ``deadline``."""
+    """Yield body chunks; 413 once more than ``limit`` bytes came, 408 if the body takes over ``timeout_s``.
+
+    The time limit covers a client that stops sending (it would otherwise hold the upload open forever).
+    """
     total = 0
-    async for chunk in stream:
+    deadline = time.monotonic() + timeout_s
+    chunks = stream.__aiter__()
+    while True:
+        try:
+            with anyio.fail_after(max(0.0, deadline - time.monotonic())):
+                chunk = await chunks.__anext__()
+        except StopAsyncIteration:
+            return
+        except TimeoutError as exc:
+            raise RequestError(408, f"{what} did not arrive within {timeout_s:g} s") from exc
         total += len(chunk)
         if total > limit:
             raise RequestError(413, f"{what} is over the limit of {limit} bytes; refused while streaming")
-        if time.monotonic() > deadline:
-            raise RequestError(408, f"{what} took too long to arrive")
         yield chunk
 
 
 async def read_json(request: Any, limits: Limits) -> Any:
     """Read a bounded JSON body; 400 with the parser's message when it is not valid JSON."""
     check_declared_length(request.headers, limits.max_json_bytes, "JSON body")
-    deadline = time.monotonic() + limits.upload_timeout_s
     body = bytearray()
-    async for chunk in _bounded_chunks(request.stream(), limits.max_json_bytes, deadline, "JSON body"):
+    async for chunk in _bounded_chunks(request.stream(), limits.max_json_bytes, limits.upload_timeout_s,
+                                       "JSON body"):
         body += chunk
     try:
         return json.loads(bytes(body) or b"null")
@@ -163,10 +174,10 @@ async def save_raw_upload(request: Any, folder: str | os.PathLike, limits: Limit
     check_declared_length(request.headers, limits.max_upload_bytes)
     filename = _safe_display_name(request.headers.get("x-filename") or request.query_params.get("filename"))
     path = new_upload_path(folder, media_suffix(mtype, filename))
-    deadline = time.monotonic() + limits.upload_timeout_s
     try:
         with open(path, "wb") as fh:
-            async for chunk in _bounded_chunks(request.stream(), limits.max_upload_bytes, deadline, "upload"):
+            async for chunk in _bounded_chunks(request.stream(), limits.max_upload_bytes,
+                                               limits.upload_timeout_s, "upload"):
                 fh.write(chunk)
         if path.stat().st_size == 0:
             raise RequestError(400, "the upload is empty")
@@ -254,9 +265,9 @@ async def save_multipart_upload(request: Any, folder: str | os.PathLike, limits:
         raise RequestError(400, "multipart/form-data body without a boundary")
     part = _FilePart(folder)
     parser = MultipartParser(boundary, part.callbacks())
-    deadline = time.monotonic() + limits.upload_timeout_s
     try:
-        async for chunk in _bounded_chunks(request.stream(), limits.max_upload_bytes, deadline, "upload"):
+        async for chunk in _bounded_chunks(request.stream(), limits.max_upload_bytes,
+                                           limits.upload_timeout_s, "upload"):
             parser.write(chunk)
             if part.error:
                 raise part.error
