@@ -244,3 +244,24 @@ def test_entry_point_failure_is_reported_to_sagemaker(sm_corpus, tmp_path, monke
     assert main([]) == 1
     failure = (ml / "output" / "failure").read_text()
     assert "epochs" in failure and "section.key" in failure
+
+
+def test_text_recipe_writes_what_the_serving_container_loads(sm_corpus, tmp_path):
+    """recipe=text: the default-model folder `mmva serve --model-dir /opt/ml/model` loads."""
+    from mmva.model.default import load_default_model
+
+    ml = _opt_ml(tmp_path, sm_corpus, {"recipe": "text", "text.epochs": "1", "text.batch_size": "8"})
+    proc = _run_entry(ml)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    model_dir = ml / "model"
+    assert {"config.json", "text_model.safetensors", "mmva-model.json"} <= {p.name for p in model_dir.iterdir()}
+    assert json.loads((model_dir / "mmva-model.json").read_text())["kind"] == "default-model"
+    served = package.find_model(model_dir)
+    assert served == str(model_dir)
+    out = load_default_model(served).predict(["What a great day!"])[0]
+    assert out["emotion"].shape == (7,) and out["modalities"] == ["text"]
+    # and it round-trips through model.tar.gz like a checkpoint does
+    unpacked = package.unpack_model(package.package_model(str(model_dir), str(tmp_path / "m.tar.gz")),
+                                    tmp_path / "unpacked")
+    assert package.find_model(unpacked) == str(unpacked)
+    assert (unpacked / "text_model.safetensors").read_bytes() == (model_dir / "text_model.safetensors").read_bytes()

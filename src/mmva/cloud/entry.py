@@ -5,9 +5,11 @@ set them, else from the files SageMaker always writes under ``/opt/ml``:
 
 - data: ``SM_CHANNEL_<NAME>`` or ``/opt/ml/input/data/<name>`` (channel ``training`` by default;
   a ``data`` hyperparameter may name an ``s3://`` corpus instead, read in place);
-- hyperparameters: ``SM_HPS`` or ``/opt/ml/input/config/hyperparameters.json``: ``config``
-  (preset or path), any ``section.key`` override (``train.epochs: "3"``), ``train-split``,
-  ``dev-split``, ``run-dir``, ``processes-per-host``;
+- hyperparameters: ``SM_HPS`` or ``/opt/ml/input/config/hyperparameters.json``: ``recipe``
+  (``fit``: the multimodal model of ``mmva train``, default; ``text``: the default text model of
+  ``mmva train-text``, which the serving container loads), ``config`` (preset or path), any
+  ``section.key`` override (``train.epochs: "3"``; ``text.epochs: "2"`` for the text recipe),
+  ``train-split``, ``dev-split``, ``run-dir``, ``processes-per-host``;
 - hosts: ``SM_HOSTS``/``SM_CURRENT_HOST`` or ``resourceconfig.json``; GPUs: ``SM_NUM_GPUS``.
 
 With several hosts or GPUs it re-launches itself under ``torchrun`` (one process per GPU, the
@@ -21,6 +23,7 @@ Every ``/opt/ml`` path moves with ``SM_PREFIX`` (tests point it at a temp folder
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -37,7 +40,7 @@ log = logging.getLogger("mmva")
 
 # Keys the SageMaker SDK adds for its own script mode; not ours to interpret.
 _SDK_KEYS = ("sagemaker_", "_tuning_objective_metric")
-_ENTRY_KEYS = ("config", "data", "data-channel", "train-split", "dev-split", "run-dir",
+_ENTRY_KEYS = ("recipe", "config", "data", "data-channel", "train-split", "dev-split", "run-dir",
                "processes-per-host", "master-port", "resume")
 
 
@@ -128,13 +131,25 @@ class SageMakerEnv:
         """``section.key=value`` config overrides from the hyperparameters."""
         out = []
         for key, value in self.hyperparameters.items():
-            if key in _ENTRY_KEYS:
+            if key in _ENTRY_KEYS or (self.recipe == "text" and key.startswith("text.")):
                 continue
             if "." not in key:
                 raise ValueError(f"hyperparameter {key!r}: expected a section.key override "
                                  f"(e.g. train.epochs) or one of {', '.join(_ENTRY_KEYS)}")
             out.append(f"{key}={json.dumps(value) if not isinstance(value, str) else value}")
         return out
+
+    @property
+    def recipe(self) -> str:
+        """``fit`` (the multimodal model, ``mmva train``) or ``text`` (the servable default model)."""
+        recipe = str(self.hyperparameters.get("recipe") or "fit")
+        if recipe not in ("fit", "text"):
+            raise ValueError(f"hyperparameter recipe={recipe!r}: expected 'fit' or 'text'")
+        return recipe
+
+    def text_options(self) -> dict[str, Any]:
+        """``text.<field>`` hyperparameters: fields of :class:`~mmva.train.text_finetune.TextTrainConfig`."""
+        return {k[len("text."):]: v for k, v in self.hyperparameters.items() if k.startswith("text.")}
 
     def run_dir(self) -> str:
         if self.hyperparameters.get("run-dir"):
@@ -180,8 +195,40 @@ def _metric_lines(metrics: dict[str, Any], name: str = "") -> list[str]:
     return lines
 
 
+def train_text_model(env: SageMakerEnv) -> dict[str, Any]:
+    """``recipe=text``: fine-tune the default text model and install it as the servable model."""
+    from mmva.cloud.package import write_model_dir
+    from mmva.model.default import install_text_model
+    from mmva.train.text_finetune import TextTrainConfig, train_text
+
+    fields = {f.name for f in dataclasses.fields(TextTrainConfig)} - {"model"}
+    unknown = set(env.text_options()) - fields
+    if unknown:
+        raise ValueError(f"unknown text.* hyperparameter(s) {', '.join(sorted(unknown))}; "
+                         f"TextTrainConfig has {', '.join(sorted(fields))}")
+    data = env.data_root()
+    if "://" in data:
+        raise ValueError(f"recipe=text reads a local corpus (a SageMaker channel), not {data}")
+    run_dir = env.run_dir()
+    log.info("SageMaker text recipe: data %s, run dir %s", data, run_dir)
+    result = train_text(data, run_dir, TextTrainConfig(**env.text_options()), resume=True,
+                        train_split=str(env.hyperparameters.get("train-split") or "train"),
+                        dev_split=str(env.hyperparameters.get("dev-split") or "dev"))
+    staged = Path(run_dir) / "installed"
+    install_text_model(run_dir, staged)
+    write_model_dir(str(staged), env.model_dir)
+    return result.metrics
+
+
 def train(env: SageMakerEnv) -> dict[str, Any]:
     """Train with the job's config and data; on rank 0, write the servable model. Returns metrics."""
+    if env.recipe == "text":
+        if env.host_rank != 0:  # one CPU-sized job: the other hosts have nothing to do
+            log.info("recipe=text trains on %s only; %s exits", env.hosts[0], env.current_host)
+            return {}
+        metrics = train_text_model(env)
+        _write_metrics(env, metrics)
+        return metrics
     from mmva.cloud.package import write_model_dir
     from mmva.config import load_config
     from mmva.train import distributed
@@ -201,12 +248,16 @@ def train(env: SageMakerEnv) -> dict[str, Any]:
                  dev_split=str(env.hyperparameters.get("dev-split") or "dev"))
     if distributed.is_main_process():
         write_model_dir(result.best_checkpoint, env.model_dir, metrics=result.metrics)
-        out = Path(env.output_data_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2, default=str))
-        for line in _metric_lines(result.metrics):
-            print(line, flush=True)
+        _write_metrics(env, result.metrics)
     return result.metrics
+
+
+def _write_metrics(env: SageMakerEnv, metrics: dict[str, Any]) -> None:
+    out = Path(env.output_data_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    for line in _metric_lines(metrics):
+        print(line, flush=True)
 
 
 def _write_failure(message: str) -> None:
@@ -225,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         env = SageMakerEnv.from_environment()
-        command = None if distributed.launched_by_torchrun() else torchrun_command(env)
+        command = None if distributed.launched_by_torchrun() or env.recipe == "text" else torchrun_command(env)
         if command:
             log.info("launching: %s", " ".join(command))
             return subprocess.call(command)
