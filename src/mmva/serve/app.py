@@ -41,7 +41,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmva import __version__
 from mmva.serve.auth import check_api_key
-from mmva.serve.jobs import FINISHED, Job, JobInput, JobManager, ProgressFn, QueueFull
+from mmva.serve.jobs import (FINISHED, Job, JobCancelled, JobInput, JobManager, JobTimedOut, ProgressFn,
+                             QueueFull)
 from mmva.serve.limits import (Limits, RequestError, media_type, new_upload_path, read_json,
                                save_multipart_upload, save_raw_upload)
 
@@ -135,6 +136,12 @@ class Service:
                                asr_model=self.settings.asr_model, model=self.model)
         except MediaError as exc:  # name the user's file, never the server's temp path
             raise RequestError(422, f"{inp.name}: {exc.reason}") from exc
+        except (RequestError, JobCancelled, JobTimedOut):
+            raise
+        except Exception as exc:
+            log.exception("analysis of %s failed", inp.name)
+            message = f"{type(exc).__name__}: {exc}".replace(str(path), inp.name)
+            raise RequestError(500, f"{inp.name}: analysis failed: {message}") from exc
         finally:
             if fetched and path:
                 Path(path).unlink(missing_ok=True)
