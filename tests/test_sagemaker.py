@@ -43,7 +43,8 @@ def test_train_dry_run_prints_the_training_job_request():
     req = out[0]["request"]
     assert req["TrainingJobName"] == "mmva-t1"
     assert req["AlgorithmSpecification"]["ContainerEntrypoint"] == ["python", "-m", "mmva.cloud.entry"]
-    assert req["HyperParameters"] == {"config": "tiny", "train.epochs": "3", "data.batch_size": "32"}
+    assert req["HyperParameters"] == {"recipe": "fit", "config": "tiny", "train.epochs": "3",
+                                      "data.batch_size": "32"}
     assert req["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] == "s3://corpus/meld"
     assert req["ResourceConfig"]["InstanceCount"] == 2
     assert req["EnableManagedSpotTraining"] is True

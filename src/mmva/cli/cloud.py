@@ -40,8 +40,11 @@ def train_cmd(
     output: str = typer.Option(..., help="s3:// prefix where SageMaker writes model.tar.gz."),
     image: str = typer.Option(..., help="ECR image URI of the mmva container."),
     role: str = typer.Option(..., help="IAM role ARN SageMaker assumes."),
+    recipe: str = typer.Option("fit", help="fit: the multimodal model (mmva train); text: the default "
+                               "text model that `mmva serve` loads (mmva train-text)."),
     config: str = typer.Option("tiny", help="Config preset or YAML path inside the image."),
-    set_: list[str] = typer.Option([], "--set", help="Config override section.key=value (repeatable)."),
+    set_: list[str] = typer.Option([], "--set", help="Override section.key=value, e.g. train.epochs=3 "
+                                   "or text.epochs=2 (repeatable)."),
     job_name: Optional[str] = typer.Option(None, help="Job name (default: mmva-train-<timestamp>)."),
     instance_type: str = typer.Option("ml.g5.xlarge"),
     instance_count: int = typer.Option(1, help="Machines; >1 trains with torchrun across them."),
@@ -59,7 +62,7 @@ def train_cmd(
 
     spec = TrainingJobSpec(
         job_name=job_name or unique_name("mmva-train"), image_uri=image, role_arn=role, data=data,
-        output_path=output, config=config, overrides=tuple(set_), instance_type=instance_type,
+        output_path=output, config=config, overrides=tuple(set_), recipe=recipe, instance_type=instance_type,
         instance_count=instance_count, volume_size_gb=volume_gb, max_runtime_s=max_runtime, spot=spot,
         checkpoint_s3=checkpoint_s3, input_mode="FastFile" if fast_file else "File",
         environment=_pairs(env, "--env"))
@@ -71,7 +74,8 @@ def deploy_cmd(
     image: str = typer.Option(..., help="ECR image URI of the mmva container (serves on 8080)."),
     role: str = typer.Option(..., help="IAM role ARN SageMaker assumes."),
     model_data: Optional[str] = typer.Option(None, help="s3:// URI of a model.tar.gz (from a training job)."),
-    checkpoint: Optional[str] = typer.Option(None, help="Or: a checkpoint to package and upload first."),
+    checkpoint: Optional[str] = typer.Option(
+        None, help="Or: a checkpoint or default-model folder to package and upload first."),
     upload_to: Optional[str] = typer.Option(None, help="With --checkpoint: s3:// URI for model.tar.gz."),
     name: Optional[str] = typer.Option(None, help="Model/endpoint name (default: mmva-<timestamp>)."),
     instance_type: str = typer.Option("ml.m5.xlarge"),
@@ -105,9 +109,10 @@ def deploy_cmd(
 
 
 @sagemaker_app.command("package")
-def package_cmd(checkpoint: str = typer.Argument(..., help="mmva checkpoint (.safetensors, local or s3://)."),
+def package_cmd(checkpoint: str = typer.Argument(..., help="Checkpoint (.safetensors, local or s3://) or "
+                                                "default-model folder."),
                 out: str = typer.Argument(..., help="model.tar.gz to write (local or s3://).")) -> None:
-    """Build the model.tar.gz a SageMaker endpoint serves (model.safetensors + mmva-model.json)."""
+    """Build the model.tar.gz a SageMaker endpoint serves (flat files + mmva-model.json)."""
     from mmva.cloud.package import package_model
 
     console.print(package_model(checkpoint, out))

@@ -71,6 +71,7 @@ class TrainingJobSpec:
     output_path: str
     config: str = "tiny"
     overrides: tuple[str, ...] = ()
+    recipe: str = "fit"  # "fit": the multimodal model (mmva train); "text": the servable default model
     instance_type: str = "ml.g5.xlarge"
     instance_count: int = 1
     volume_size_gb: int = 50
@@ -85,7 +86,9 @@ class TrainingJobSpec:
 
 def hyperparameters(spec: TrainingJobSpec) -> dict[str, str]:
     """The job's hyperparameters: SageMaker passes them as strings in ``hyperparameters.json``."""
-    hp = {"config": spec.config}
+    if spec.recipe not in ("fit", "text"):
+        raise SageMakerRequestError(f"recipe {spec.recipe!r}: expected fit or text")
+    hp = {"recipe": spec.recipe, "config": spec.config}
     for item in spec.overrides:
         if "=" not in item:
             raise SageMakerRequestError(f"override {item!r}: expected section.key=value")
