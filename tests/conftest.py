@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.s3"]  # moto server fixtures: moto_server, aws_env, s3_bucket
+pytest_plugins = ["tests.s3", "tests.serve_server"]  # moto_server, aws_env, s3_bucket; serve_server
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MMVA_OFFLINE", "1")

@@ -1,4 +1,9 @@
-"""A real `mmva serve` process on a free loopback port, for the serve, browser and load tests."""
+"""A real `mmva serve` process on a free loopback port, for the serve, browser and load tests.
+
+Also a pytest plugin (registered in conftest.py): ``serve_server`` is one server shared by the whole
+session (API key ``SERVE_KEY``, 2 workers, a queue of 2, 2 MB uploads, S3 on the moto server), so
+the model loads once for all serve tests rather than once per file.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import httpx
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -106,3 +112,26 @@ def wait_job(client: httpx.Client, job_id: str, timeout: float = 120.0) -> dict:
             return status
         time.sleep(0.2)
     raise TimeoutError(f"job {job_id} still {status['state']} after {timeout:.0f} s")
+
+
+SERVE_KEY = "test-key-123"
+SERVE_MAX_UPLOAD_MB = 2
+SERVE_ARGS = ("--api-key", SERVE_KEY, "--workers", "2", "--max-queue", "2",
+              "--max-upload-mb", str(SERVE_MAX_UPLOAD_MB), "--request-timeout", "120")
+
+
+@pytest.fixture(scope="session")
+def _serve_session(tmp_path_factory: pytest.TempPathFactory, moto_server: str) -> Iterator[ServerProcess]:
+    from tests.s3 import aws_environment
+
+    srv = ServerProcess(tmp_path_factory.mktemp("serve") / "work", *SERVE_ARGS, env=aws_environment(moto_server))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture()
+def serve_server(_serve_session: ServerProcess) -> ServerProcess:
+    """The shared server: started on first use, and again if a test stopped it."""
+    if _serve_session.proc is None:
+        _serve_session.start()
+    return _serve_session

@@ -14,23 +14,20 @@ from typing import Iterator
 import pytest
 
 from tests.media import talking_head
-from tests.serve_server import ServerProcess
+from tests.serve_server import SERVE_KEY, ServerProcess
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-KEY = "browser-key"
+KEY = SERVE_KEY
 
 pytestmark = pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
                                 reason="Debian chromium and chromium-driver are not installed")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = ServerProcess(tmp_path_factory.mktemp("browser") / "work", "--api-key", KEY, "--workers", "1")
-    srv.start()
-    yield srv
-    srv.stop()
+@pytest.fixture()
+def server(serve_server: ServerProcess) -> ServerProcess:
+    return serve_server
 
 
 @pytest.fixture()

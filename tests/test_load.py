@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from tests.media import talking_head
-from tests.serve_server import ServerProcess
+from tests.serve_server import SERVE_KEY, ServerProcess
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "serve_load.json"
 N_TEXT = 50
@@ -59,12 +59,9 @@ class RssSampler:
         self._thread.join()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = ServerProcess(tmp_path_factory.mktemp("load") / "work", "--workers", "2", "--max-queue", "2")
-    srv.start()
-    yield srv
-    srv.stop()
+@pytest.fixture()
+def server(serve_server: ServerProcess) -> ServerProcess:
+    return serve_server  # 2 workers, a queue of 2, API key
 
 
 async def _text(client: httpx.AsyncClient, i: int) -> tuple[int, float]:
@@ -91,7 +88,7 @@ async def _job(client: httpx.AsyncClient, data: bytes) -> tuple[int, float, str 
 
 async def _round(url: str, video: bytes) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=N_TEXT + N_JOBS + 5)
-    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits, headers={"X-API-Key": SERVE_KEY}) as client:
         t0 = time.perf_counter()
         jobs = [asyncio.create_task(_job(client, video)) for _ in range(N_JOBS)]
         texts = await asyncio.gather(*[_text(client, i) for i in range(N_TEXT)])
@@ -119,7 +116,7 @@ def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 def test_bounded_load(server: ServerProcess, tmp_path: Path) -> None:
     video = talking_head(tmp_path / "talk.mp4", "Well, I did not expect that. Now I am really happy about it.", size=64).read_bytes()
-    with server.client() as c:  # warm-up: first ASR/text calls load lazily initialised parts
+    with server.client(headers={"X-API-Key": SERVE_KEY}) as c:  # warm-up: first ASR/text calls load lazily initialised parts
         assert c.post("/invocations", json={"text": "warm up"}).status_code == 200
         assert c.post("/invocations", content=video, headers={"Content-Type": "video/mp4"}).status_code == 200
     with RssSampler(server.pid) as mem:
@@ -145,7 +142,7 @@ def test_bounded_load(server: ServerProcess, tmp_path: Path) -> None:
     assert peak < 4096 * mb, figures  # bounded: the model plus a few decoded clips
     assert after_second - after_first < 200 * mb, figures  # no growth from one round to the next
     with server.client() as c:
-        model = c.get("/info").json()["model"]
+        model = c.get("/info").json()["model"]  # /info is open
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
         "what": f"{N_TEXT} concurrent text requests (POST /invocations) while {N_JOBS} video jobs (POST /jobs, "
