@@ -22,6 +22,8 @@ def serve_cmd(
     max_upload_mb: float = typer.Option(500.0, help="Largest upload or S3 object accepted (413 beyond)."),
     request_timeout: float = typer.Option(300.0, help="Seconds a synchronous POST /invocations may take (504 beyond)."),
     job_timeout: float = typer.Option(3600.0, help="Seconds one background job may take."),
+    upload_timeout: float = typer.Option(600.0, help="Seconds a whole upload may take to arrive (408 beyond)."),
+    keep_hours: float = typer.Option(168.0, help="Hours finished jobs (status and result) are kept."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="MMVA_API_KEY",
                                           help="Require this key in the X-API-Key header (or Bearer token)."),
     top_k: int = typer.Option(3, help="Emotions and sentiments listed per utterance."),
@@ -35,10 +37,11 @@ def serve_cmd(
     from mmva.serve.app import ServeSettings, create_app, default_work_dir
     from mmva.serve.limits import Limits
 
-    limits = Limits(max_upload_mb=max_upload_mb, request_timeout_s=request_timeout, job_timeout_s=job_timeout)
+    limits = Limits(max_upload_mb=max_upload_mb, request_timeout_s=request_timeout, job_timeout_s=job_timeout,
+                    upload_timeout_s=upload_timeout)
     settings = ServeSettings(model_dir=model_dir, work_dir=work_dir or default_work_dir(), workers=workers,
                              max_queue=max_queue, api_key=api_key or None, top_k=top_k, asr_model=asr_model,
-                             limits=limits)
+                             keep_hours=keep_hours, limits=limits)
     console.print(f"mmva serve on http://{host}:{port} (work dir {settings.work_dir}, {workers} workers"
                   f"{', API key required' if settings.api_key else ''})")
     uvicorn.run(create_app(settings), host=host, port=port, limit_concurrency=max_connections,
