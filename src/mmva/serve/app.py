@@ -206,7 +206,9 @@ class Service:
         self.text_waiting += 1
         try:
             with anyio.fail_after(limits.request_timeout_s):
-                return await anyio.to_thread.run_sync(self.analyze_texts, body, limiter=self.text_limiter)
+                # abandon_on_cancel: answer 504 at the deadline even though a thread cannot be stopped
+                return await anyio.to_thread.run_sync(self.analyze_texts, body, limiter=self.text_limiter,
+                                                      abandon_on_cancel=True)
         except TimeoutError as exc:
             raise RequestError(504, f"text request not answered within {limits.request_timeout_s:g} s") from exc
         finally:
