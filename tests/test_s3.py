@@ -82,13 +82,17 @@ def local_corpus(tmp_path_factory) -> Path:
 
 
 def test_train_and_evaluate_with_every_path_on_s3(s3_bucket, local_corpus):
+    from typer.testing import CliRunner
+
+    from mmva.cli import app
     from mmva.config import load_config
     from mmva.model.checkpoint import load_model
     from mmva.train.evaluate import evaluate
     from mmva.train.fit import fit
 
     corpus = f"{s3_bucket}/corpus"
-    storage.copy_tree(local_corpus, corpus)
+    result = CliRunner().invoke(app, ["copy", str(local_corpus), corpus])  # the corpus goes up
+    assert result.exit_code == 0 and "file(s) copied" in result.output, result.output
     run = f"{s3_bucket}/runs/tiny"
     cfg = load_config("tiny", ["train.epochs=2", "data.num_frames=4", "data.frame_size=32",
                                "model.freeze_text=true", f"train.cache_dir={s3_bucket}/features"])

@@ -1,4 +1,4 @@
-"""`mmva sagemaker train|deploy|package` and `mmva sagemaker-entry`: thin layers over mmva.cloud."""
+"""`mmva sagemaker train|deploy|package`, `mmva sagemaker-entry`, `mmva copy`: thin CLI layers."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def train_cmd(
     set_: list[str] = typer.Option([], "--set", help="Override section.key=value, e.g. train.epochs=3 "
                                    "or text.epochs=2 (repeatable)."),
     job_name: Optional[str] = typer.Option(None, help="Job name (default: mmva-train-<timestamp>)."),
-    instance_type: str = typer.Option("ml.g5.xlarge"),
+    instance_type: str = typer.Option("ml.m5.2xlarge", help="ml.g5.* etc. need an image with CUDA torch."),
     instance_count: int = typer.Option(1, help="Machines; >1 trains with torchrun across them."),
     volume_gb: int = typer.Option(50),
     max_runtime: int = typer.Option(86400, help="Seconds."),
@@ -124,3 +124,14 @@ def sagemaker_entry_cmd() -> None:
     from mmva.cloud.entry import main
 
     raise typer.Exit(main([]))
+
+
+@app.command("copy")
+def copy_cmd(src: str = typer.Argument(..., help="Folder or prefix to copy from (local or s3://)."),
+             dst: str = typer.Argument(..., help="Folder or prefix to copy to (local or s3://)."),
+             only_changed: bool = typer.Option(True, "--only-changed/--all",
+                                               help="Skip files already there unchanged.")) -> None:
+    """Copy a folder between local disk and S3 (a corpus up, a run down), one atomic write per file."""
+    from mmva.io.storage import copy_tree
+
+    console.print(f"{copy_tree(src, dst, only_changed=only_changed)} file(s) copied to {dst}")

@@ -72,7 +72,7 @@ class TrainingJobSpec:
     config: str = "tiny"
     overrides: tuple[str, ...] = ()
     recipe: str = "fit"  # "fit": the multimodal model (mmva train); "text": the servable default model
-    instance_type: str = "ml.g5.xlarge"
+    instance_type: str = "ml.m5.2xlarge"  # the Dockerfile image is CPU-only; GPU types need a CUDA image
     instance_count: int = 1
     volume_size_gb: int = 50
     max_runtime_s: int = 24 * 3600

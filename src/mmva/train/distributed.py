@@ -142,6 +142,27 @@ def eval_sampler(dataset: Dataset) -> Sampler[int]:
     return UnrepeatedDistributedSampler(dataset, num_replicas=world_size(), rank=rank(), shuffle=False)
 
 
+class _AllGather(torch.autograd.Function):
+    """Differentiable all-gather: ``(d,)`` per process -> ``(world, d)`` on every process.
+
+    Written out because ``torch.distributed.nn.functional`` is deprecated and its replacement is
+    private. Backward: every process's loss depends on every slice, so the gradient of this
+    process's slice is the sum over processes (an all-reduce) of the gradients of that slice.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[dist.get_rank()]
+
+
 class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     """Batch norm whose training statistics span every process, on CPU (gloo) as well as GPU.
 
@@ -159,8 +180,6 @@ class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_gather
-
         self._check_input_dim(x)
         c = x.shape[1]
         dims = [0, *range(2, x.dim())]
@@ -170,8 +189,8 @@ class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         m2_local = ((xf - mean_local.view([1, c] + [1] * (x.dim() - 2))) ** 2).sum(dims)
         count = torch.full((1,), n_local, dtype=torch.float32, device=x.device)
         # Per-process (count, mean, centred sum of squares), combined with Chan's parallel formula:
-        # stable where sum(x^2)/n - mean^2 would cancel. all_gather is differentiable here.
-        parts = torch.stack(all_gather(torch.cat([count, mean_local, m2_local])))  # (world, 2c + 1)
+        # stable where sum(x^2)/n - mean^2 would cancel.
+        parts = _AllGather.apply(torch.cat([count, mean_local, m2_local]))  # (world, 2c + 1)
         counts, means, m2s = parts[:, :1], parts[:, 1:c + 1], parts[:, c + 1:]
         n = counts.sum()
         mean = (counts * means).sum(0) / n
