@@ -119,6 +119,11 @@ def test_subtitles_beside_the_video_replace_speech_recognition(media, tmp_path):
     assert all({"text", "video"} <= set(u.modalities) for u in timeline.utterances)
     assert timeline.utterances[0].sentiments[0]["label"] == "positive"
     assert timeline.utterances[1].sentiments[0]["label"] == "negative"
+    # an explicit --subtitles file wins over the one beside the video
+    other = tmp_path / "other.vtt"
+    other.write_text("WEBVTT\n\n00:06.500 --> 00:08.500\nOh no I am scared.\n")
+    chosen = analyze(str(video), subtitles=str(other))
+    assert [(u.start_time, u.text) for u in chosen.utterances] == [(6.5, "Oh no I am scared.")]
 
 
 def test_embedded_subtitle_stream(media, tmp_path):
@@ -230,6 +235,10 @@ def test_cli_single_file_errors_are_clear(tmp_path):
     result = runner.invoke(app, ["analyze", str(tmp_path / "missing.mp4")])
     assert result.exit_code == 1 and "missing.mp4: file not found" in result.output
     assert runner.invoke(app, ["analyze"]).exit_code == 2
+    wav = tmp_path / "a.wav"
+    write_wav(wav, speak("hello there"))
+    result = runner.invoke(app, ["analyze", str(wav), "--asr-model", str(tmp_path / "no-such-model")])
+    assert result.exit_code == 1 and "no-such-model does not exist" in result.output
     assert runner.invoke(app, ["analyze", "x.mp4", "--format", "pdf"]).exit_code == 2
 
 
