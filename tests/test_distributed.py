@@ -190,5 +190,7 @@ def test_single_process_helpers_need_no_process_group(monkeypatch):
         "uid": ["a", "b"], "y_true": [0, 1], "y_pred": [0, 0]}
     from mmva.config import TrainConfig
 
-    assert distributed.trainer_kwargs(TrainConfig(devices=4, strategy="ddp", accelerator="gpu")) == {
-        "accelerator": "gpu", "devices": 4, "strategy": "ddp"}
+    assert distributed.trainer_kwargs(TrainConfig(accelerator="gpu")) == {
+        "accelerator": "gpu", "devices": 1, "strategy": "auto"}
+    with pytest.raises(ValueError, match="torchrun --standalone --nproc_per_node"):
+        distributed.trainer_kwargs(TrainConfig(devices=4, strategy="ddp", accelerator="gpu"))

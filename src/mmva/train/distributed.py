@@ -102,16 +102,26 @@ def trainer_kwargs(train: Any) -> dict[str, Any]:
 
     Under ``torchrun`` the world is fixed by the launcher: ``devices`` = processes per machine,
     ``num_nodes`` = machines, DDP with gloo (CPU) or NCCL (GPU) and synchronised batch norm
-    (:class:`SyncedDDPStrategy`). Otherwise the config's values
-    pass through (``devices=4, strategy="ddp"`` lets Lightning start the processes itself).
+    (:class:`SyncedDDPStrategy`). Otherwise it is one process on one device; asking for more
+    without torchrun is an error that says how to launch it.
 
     >>> from mmva.config import TrainConfig
-    >>> trainer_kwargs(TrainConfig(accelerator="cpu", devices=1))["devices"]
+    >>> trainer_kwargs(TrainConfig(accelerator="cpu", devices="auto"))["devices"]
     1
     """
     accelerator = train.accelerator
     if not launched_by_torchrun():
-        return {"accelerator": accelerator, "devices": train.devices, "strategy": train.strategy}
+        several = (isinstance(train.devices, int) and train.devices > 1) or str(train.devices) == "-1" \
+            or str(train.strategy).startswith("ddp")
+        if several:
+            # Lightning would start the other processes after the data loaders were built for one
+            # process: every process would train on all the data. torchrun sets the world first.
+            raise ValueError(
+                f"train.devices={train.devices!r} / train.strategy={train.strategy!r}: several processes are "
+                "started with torchrun, e.g. `torchrun --standalone --nproc_per_node 4 --no-python mmva train ...`"
+                " (see docs/scaling.md)")
+        devices = 1 if train.devices == "auto" else train.devices  # one process: one device
+        return {"accelerator": accelerator, "devices": devices, "strategy": train.strategy}
     world = int(os.environ["WORLD_SIZE"])
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     if accelerator == "auto":
