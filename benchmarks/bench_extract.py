@@ -114,7 +114,7 @@ def bench_cache_io(tmp: Path, n: int = 2000, dim: int = 384) -> dict:
         cache.get(k)
     get_s = time.perf_counter() - t0
     return {"entries": n, "dim": dim, "put_per_s": round(n / put_s), "get_per_s": round(n / get_s),
-            "note": "local disk; put = safetensors + fsync + atomic rename"}
+            "note": "local disk; put = safetensors bytes, temp file, atomic rename (no fsync)"}
 
 
 def bench_face() -> dict:
