@@ -3,6 +3,8 @@ implementations (torchmetrics, torch's cross-entropy) and hand-computed cases.""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, M
 
 from mmva.labels import EMOTIONS, SENTIMENTS
 from mmva.train.losses import MultiTaskLoss, class_weights, label_ids
-from mmva.train.metrics import compute_metrics, confusion_image, confusion_markdown
+from mmva.train.metrics import compute_metrics, confusion_image, confusion_markdown, json_safe
 from mmva.types import Utterance
 
 
@@ -52,6 +54,8 @@ def test_unknown_labels_are_ignored_and_absent_classes_reported():
     assert len(m["confusion_matrix"]) == 7
     empty = compute_metrics([-1], [0], EMOTIONS)
     assert empty["support"] == 0 and np.isnan(empty["accuracy"])
+    # an unlabelled split still gives strict JSON (null, not NaN)
+    assert json.loads(json.dumps(json_safe(empty), allow_nan=False))["accuracy"] is None
     with pytest.raises(ValueError, match="items"):
         compute_metrics([0, 1], [0], EMOTIONS)
 

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from mmva.io import storage
 from mmva.labels import EMOTIONS, MODALITIES, SENTIMENTS
 from mmva.model.checkpoint import load_model
-from mmva.train.metrics import compute_metrics
+from mmva.train.metrics import compute_metrics, json_safe
 from mmva.train.task import predict_batch
 
 log = logging.getLogger("mmva")
@@ -98,7 +98,7 @@ def evaluate(checkpoint: str, data: str, split: str = "dev", out: str | None = N
         "seconds": round(seconds, 2), "clips_per_second": round(len(rows["uid"]) / seconds, 3) if seconds else None,
     }
     if out:
-        storage.write_text_atomic(out, json.dumps(result, indent=2))
+        storage.write_text_atomic(out, json.dumps(json_safe(result), indent=2))
     if predictions:
         lines = [json.dumps({"uid": u, "emotion": EMOTIONS[ep], "sentiment": SENTIMENTS[sp],
                              "emotion_true": EMOTIONS[et] if et >= 0 else None,

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -35,6 +36,7 @@ from mmva.labels import EMOTIONS, SENTIMENTS
 from mmva.model.checkpoint import CheckpointError, load_training_state, save_checkpoint, save_training_state
 from mmva.model.multimodal import MultimodalSentimentAnalyzer
 from mmva.train.losses import class_weights, label_ids
+from mmva.train.metrics import json_safe
 from mmva.train.task import MONITOR, SentimentTask
 
 log = logging.getLogger("mmva")
@@ -233,6 +235,8 @@ def _build_trainer(config: Config, run_dir: str, callbacks: list[Callback], prog
 
     t = config.train
     kwargs = trainer_kwargs(t)
+    # Frozen encoders stay in eval mode on purpose (inference-mode batch norm): not a surprise here.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     return L.Trainer(
         max_epochs=t.epochs, precision=resolve_precision(t.precision, kwargs["accelerator"]),
         accumulate_grad_batches=t.accumulate_grad_batches,
@@ -326,7 +330,7 @@ def _finish(run_dir: str, ckpt_cb: ExportingCheckpoint, task: SentimentTask, tra
     }
     skipped = list(report.entries)
     if trainer.is_global_zero:
-        storage.write_text_atomic(storage.join(run_dir, "metrics.json"), json.dumps(metrics, indent=2))
+        storage.write_text_atomic(storage.join(run_dir, "metrics.json"), json.dumps(json_safe(metrics), indent=2))
         storage.write_text_atomic(storage.join(run_dir, "skipped.csv"), report.to_csv())
         if report:
             log.info("%s", report.summary())

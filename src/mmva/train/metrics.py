@@ -94,3 +94,18 @@ def flat_scalars(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
     """The headline scalars of a metrics dict, e.g. ``{"val/emotion_weighted_f1": 0.41, ...}``."""
     keys = ("accuracy", "weighted_precision", "weighted_recall", "weighted_f1", "macro_f1")
     return {f"{prefix}_{k}": float(metrics[k]) for k in keys}
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN/inf floats replaced by None, so ``json.dumps`` writes strict JSON.
+
+    >>> json_safe({"a": [float("nan"), 1.0]})
+    {'a': [None, 1.0]}
+    """
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
