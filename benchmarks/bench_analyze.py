@@ -120,17 +120,17 @@ def decode_floor(path: str, fps: float, max_side: int) -> dict:
             "frames": n, "audio_samples": int(audio.size)}
 
 
-def run_mmva(path: str) -> dict:
+def run_mmva(path: str, model_path: str | None = None) -> dict:
     from mmva.analyze import analyze
     from mmva.analyze.asr import load_asr
     from mmva.model.default import load_default_model
 
     t0 = time.perf_counter()
-    load_default_model()
+    model = load_default_model(model_path)
     t1 = time.perf_counter()
     load_asr(None, "cpu")
     t2, c2 = time.perf_counter(), time.process_time()
-    timeline = analyze(path)
+    timeline = analyze(path, model=model)
     t3, c3 = time.perf_counter(), time.process_time()
     return {"wall_s": round(t3 - t2, 3), "cpu_s": round(c3 - c2, 3),
             "load_default_model_s": round(t1 - t0, 3), "load_asr_s": round(t2 - t1, 3),
@@ -200,11 +200,12 @@ def peak_rss_of(cmd: list[str]) -> tuple[float, float, str]:
     return peak[0] / 2**20, time.perf_counter() - t0, out
 
 
-def child_analyze(path: str) -> None:
+def child_analyze(path: str, model_path: str | None) -> None:
     """Child-process entry: analyze and print a small JSON (used for peak-memory runs)."""
     from mmva.analyze import analyze
+    from mmva.model.default import load_default_model
 
-    t = analyze(path)
+    t = analyze(path, model=load_default_model(model_path))
     print(json.dumps({"utterances": len(t.utterances), "duration": t.duration,
                       "stages_s": {k: round(v, 2) for k, v in t.timings.items()}}))
 
@@ -217,10 +218,11 @@ def main() -> None:
     ap.add_argument("--hour-seconds", type=float, default=3600.0)
     ap.add_argument("--work", default=None, help="folder for generated media (default: a temp folder)")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--default-model", default=None, help="default-model folder (default: the shipped one)")
     ap.add_argument("--child-analyze", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child_analyze:
-        child_analyze(args.child_analyze)
+        child_analyze(args.child_analyze, args.default_model)
         return
     from mmva.analyze import AnalyzeOptions
 
@@ -235,9 +237,14 @@ def main() -> None:
                              "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
                  "video": {"seconds": args.seconds, "size": "640x360", "fps": 25}}
     res["decode_floor"] = decode_floor(str(talk), opts.fps, opts.max_side)
-    mm = run_mmva(str(talk))
+    mm = run_mmva(str(talk), args.default_model)
     timeline = mm.pop("timeline")
     mm["realtime_factor"] = round(args.seconds / mm["wall_s"], 2)
+    from mmva.model.default import load_default_model
+
+    described = load_default_model(args.default_model).describe()
+    mm["default_model"] = {"path": args.default_model or "shipped", "name": described.get("name"),
+                           "version": described.get("version")}
     res["mmva"] = mm
     print(json.dumps({"decode_floor": res["decode_floor"], "mmva": mm}, indent=2), flush=True)
     ref = run_reference(str(talk), timeline.utterances, args.ref_utterances)
@@ -254,9 +261,9 @@ def main() -> None:
             t = time.perf_counter()
             make_hour(hour, args.hour_seconds)
             print(f"made {hour} in {time.perf_counter() - t:.0f} s", flush=True)
-        me = [sys.executable, __file__, "--child-analyze"]
-        short_peak, short_wall, _ = peak_rss_of(me + [str(talk)])
-        peak, wall, out = peak_rss_of(me + [str(hour)])
+        me = [sys.executable, __file__] + (["--default-model", args.default_model] if args.default_model else [])
+        short_peak, short_wall, _ = peak_rss_of(me + ["--child-analyze", str(talk)])
+        peak, wall, out = peak_rss_of(me + ["--child-analyze", str(hour)])
         res["hour"] = {"seconds": args.hour_seconds, "peak_rss_mb": round(peak, 1), "wall_s": round(wall, 1),
                        "realtime_factor": round(args.hour_seconds / wall, 2), "child": json.loads(out),
                        "talk60_peak_rss_mb": round(short_peak, 1), "talk60_child_wall_s": round(short_wall, 1)}
