@@ -147,7 +147,7 @@ KILL_SCRIPT = textwrap.dedent("""
 
 def test_killed_extract_resumes_without_recomputing_or_corruption(tmp_path: Path, face_video: Path,
                                                                    face_enc) -> None:
-    n, root = 40, tmp_path / "cache"
+    n, root = 24, tmp_path / "cache"
     proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(face_video), str(root), str(n)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
