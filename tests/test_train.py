@@ -266,3 +266,19 @@ def test_kill_9_during_training_then_resume_loses_at_most_one_epoch(corpus, tmp_
     assert read_metadata(run / "checkpoints" / "last.safetensors")["extra"]["epoch"] == target - 1
     assert "resuming" in done.stderr and "best checkpoint" in done.stderr  # Rich console on stderr
     assert not list((run / "checkpoints").glob(".*.tmp"))  # temp files of the killed run are cleared
+
+
+def test_corrupt_and_missing_clips_are_reported_and_training_goes_on(corpus, tmp_path):
+    from mmva.train.fit import fit
+
+    data = tmp_path / "corpus"
+    shutil.copytree(corpus, data)
+    (data / "train_splits" / "dia0_utt0.mp4").write_bytes(os.urandom(4096))  # not a video at all
+    (data / "dev_splits_complete" / "dia0_utt1.mp4").unlink()  # a clip that is missing
+    result = fit(load_config("tiny", ["train.epochs=1"]), str(data), str(tmp_path / "run"), progress=False)
+    assert result.metrics["epochs_completed"] == 1
+    assert result.metrics["emotion"]["support"] == 42  # the text of both utterances still counts
+    skipped = (tmp_path / "run" / "skipped.csv").read_text()
+    assert "dia0_utt0.mp4" in skipped and "dia0_utt1.mp4" in skipped
+    bad = [why for what, why in result.skipped if what == "train/dia0_utt0"]
+    assert bad and "dia0_utt0.mp4" in bad[0] and "not a readable media file" in bad[0]

@@ -57,14 +57,7 @@ def train_cmd(
         console.print(f"[yellow]{len(m['skipped_steps'])} step(s) skipped for a NaN/inf loss[/]")
     for err in m["checkpoint_errors"]:
         console.print(f"[red]{err}[/]")
-    console.print(_summary(result.skipped))
     console.print(f"best checkpoint: {result.best_checkpoint}\nlast checkpoint: {result.last_checkpoint}")
-
-
-def _summary(entries: list) -> str:
-    from mmva.data import SkipReport
-
-    return SkipReport(list(entries)).summary()
 
 
 @app.command("evaluate")
