@@ -1,27 +1,16 @@
-"""Training and evaluation: ``fit`` (Lightning loop), ``evaluate``, metrics, losses.
+"""Training and evaluation: ``mmva.train.fit.fit`` (the Lightning loop), ``mmva.train.evaluate.evaluate``,
+metrics and losses.
 
 >>> from mmva.train import compute_metrics
 >>> compute_metrics([0, 1], [0, 1], ["a", "b"])["accuracy"]
 1.0
+
+``fit`` and ``evaluate`` are imported from their modules (``from mmva.train.fit import fit``): a
+package attribute of the same name would be replaced by the submodule once it is imported.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from mmva.train.metrics import compute_metrics
 
-_LAZY = {"fit": "mmva.train.fit", "FitResult": "mmva.train.fit", "evaluate": "mmva.train.evaluate",
-         "SentimentTask": "mmva.train.task"}
-
-
-def __getattr__(name: str) -> Any:
-    # Lightning loads on first use, so `from mmva.train import compute_metrics` stays light.
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'mmva.train' has no attribute {name!r}")
-
-
-__all__ = ["compute_metrics", *_LAZY]
+__all__ = ["compute_metrics"]
