@@ -59,6 +59,11 @@ def test_put_get_round_trip_and_absent(tmp_path: Path) -> None:
     assert cache.get("enc/" + "b" * 64) is None and cache.contains("enc/" + "b" * 64)
     assert sorted(cache.keys()) == ["enc/" + "a" * 64, "enc/" + "b" * 64]
     assert [p.name for p in tmp_path.rglob("*") if p.is_file() and p.name.startswith(".")] == []
+    stale, fresh = Path(cache.path(key) + ".x1.tmp"), Path(cache.path(key) + ".x2.tmp")
+    stale, fresh = stale.with_name("." + stale.name), fresh.with_name("." + fresh.name)
+    stale.write_bytes(b"left by a killed writer"), fresh.write_bytes(b"being written right now")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    assert cache.remove_stale_temp() == 1 and not stale.exists() and fresh.exists()
 
 
 def test_a_foreign_corrupt_entry_is_a_miss_and_gets_rewritten(tmp_path: Path, caplog) -> None:
@@ -176,6 +181,10 @@ def test_killed_extract_resumes_without_recomputing_or_corruption(tmp_path: Path
     assert report.reused == len(done) and report.computed == n - len(done) and not report.failed
     assert sum(rows) == n - len(done)  # nothing finished was computed again
     assert len(list(cache.keys())) == n
+    for tmp in root.rglob(".*.tmp"):  # a write the kill interrupted: cleaned up once it is stale
+        os.utime(tmp, (time.time() - 7200, time.time() - 7200))
+    extract_features(utts, {"video": face_enc}, cache, DataConfig(num_frames=4, frame_size=32), progress=False)
+    assert list(root.rglob("*.tmp")) == []
 
 
 def test_cache_and_media_on_s3(s3_bucket: str, face_video: Path, face_enc) -> None:

@@ -270,6 +270,22 @@ class FeatureCache:
         else:
             _write_local_atomic(self.path(key), blob)
 
+    def remove_stale_temp(self, max_age_s: float = 3600.0) -> int:
+        """Delete temp files that killed writers left behind (local caches; S3 leaves none).
+
+        Only files older than ``max_age_s``: another process may be writing into the same cache now.
+        """
+        if self.remote or not os.path.isdir(self.root):
+            return 0
+        removed, cutoff = 0, time.time() - max_age_s
+        for folder, _, files in os.walk(self.root):
+            for name in files:
+                path = os.path.join(folder, name)
+                if name.startswith(".") and name.endswith(".tmp") and os.path.getmtime(path) < cutoff:
+                    Path(path).unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
     def keys(self, encoder: str | None = None) -> Iterator[str]:
         """Every stored key (of one encoder, or all)."""
         base = storage.join(self.root, encoder) if encoder else self.root
@@ -426,6 +442,8 @@ def extract_features(utterances: Iterable[Utterance], encoders: dict[str, Encode
     for enc in encoders.values():
         enc.eval()
     batchers = {m: _Batcher(enc, cache, report, batch_size) for m, enc in encoders.items()}
+    if cache.remove_stale_temp():
+        log.info("removed temp files left in %s by an earlier interrupted run", cache.root)
     saved_threads = torch.get_num_threads()
     if torch_threads:
         torch.set_num_threads(torch_threads)
