@@ -186,7 +186,8 @@ def _remove_stale_temp_files(ckpt_dir: str) -> None:
 
 
 def _prepare_cache(model: MultimodalSentimentAnalyzer, config: Config, run_dir: str,
-                   utterances: list[Any], report: Any, stats: dict[str, Any]) -> tuple[Any, frozenset[str]]:
+                   utterances: list[Any], report: Any, stats: dict[str, Any],
+                   progress: bool = True) -> tuple[Any, frozenset[str]]:
     """Extract frozen-encoder features once (contract C) so epochs read features, not videos."""
     frozen = model.frozen_modalities()
     if not (config.train.use_cache and frozen):
@@ -198,7 +199,7 @@ def _prepare_cache(model: MultimodalSentimentAnalyzer, config: Config, run_dir: 
     encoders = {m: model.encoders[m] for m in frozen}
     started = time.perf_counter()
     extracted = extract_features_sharded([u for u in utterances if u.path or u.text], encoders, cache,
-                                         config.data, workers=max(1, config.data.num_workers), progress=True)
+                                         config.data, workers=max(1, config.data.num_workers), progress=progress)
     log.info("features of %s: %d computed, %d reused, %d failed in %.1f s", ", ".join(frozen),
              extracted.computed, extracted.reused, len(extracted.failed), time.perf_counter() - started)
     for uid, reason in extracted.failed:
@@ -277,7 +278,7 @@ def fit(config: Config, data: str, out_dir: str, *, resume: bool = False, train_
     model = MultimodalSentimentAnalyzer(config)
     features: dict[str, Any] = {}
     cache, cached = _prepare_cache(model, config, run_dir, [*train_c.utterances, *dev_c.utterances], report,
-                                   features)
+                                   features, progress)
     train_loader, dev_loader = make_loaders(config, model, train_c.utterances, dev_c.utterances, cache, cached)
     task = SentimentTask(
         model, config,
