@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,9 @@ from mmva.io.clip import DecodedClip
 log = logging.getLogger("mmva")
 
 HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+# prepare() runs on extraction threads; a fast tokenizer raises "Already borrowed" when two threads
+# use it while its truncation/padding state changes. Tokenizing a sentence takes microseconds.
+_TOKENIZER_LOCK = threading.Lock()
 
 
 def resolve_minilm(weights: str | None = None) -> tuple[str, str]:
@@ -99,12 +103,12 @@ class MiniLM(Encoder):
         if not clip.has_text:
             return None  # no words: text is masked, not encoded as an empty string
         tok, p = self.tokenizer, self.preprocess
-        utt = tok.encode(clip.text.strip(), add_special_tokens=False)[: p["max_tokens"] - 2]
-        ctx: list[int] = []
         turns = [t for t in (clip.context or [])[-p["context_turns"]:] if t.strip()] if p["context_turns"] else []
-        if turns:
+        with _TOKENIZER_LOCK:
+            utt = tok.encode(clip.text.strip(), add_special_tokens=False)[: p["max_tokens"] - 2]
+            ctx = tok.encode(f" {tok.sep_token} ".join(turns), add_special_tokens=False) if turns else []
+        if ctx:
             budget = p["max_tokens"] - 3 - len(utt)
-            ctx = tok.encode(f" {tok.sep_token} ".join(turns), add_special_tokens=False)
             ctx = ctx[len(ctx) - budget:] if budget > 0 else []  # drop the oldest tokens first
         head = [tok.cls_token_id, *ctx, tok.sep_token_id] if ctx else [tok.cls_token_id]
         ids = head + utt + [tok.sep_token_id]
