@@ -60,10 +60,12 @@ class _Stages:
     def __init__(self, progress: Progress | None) -> None:
         self.progress = progress
         self.timings: dict[str, float] = {}
+        self.done = 0.0  # reported fractions never go back (overlapping subtitle cues could)
 
     def run(self, stage: str, fraction: float, fn: Callable[[], Any]) -> Any:
         if self.progress is not None:
-            self.progress(stage, min(1.0, max(0.0, fraction)))
+            self.done = max(self.done, min(1.0, fraction))
+            self.progress(stage, self.done)
         t0 = time.perf_counter()
         try:
             return fn()
@@ -181,7 +183,7 @@ def _analyze_media(path: str, subtitles: str | None, asr_model: str | None, devi
                   if info.has_video else [None] * len(utts))
         audio = [_slice(chunk, t0, u) for u in utts] if chunk is not None else [None] * len(utts)
         _predict(predictor, utts, audio, frames, opts, top_k, stages, frac, history)
-        for u in utts:  # keep results, drop the media they came from
+        for u in utts:  # the window's audio and frames are dropped here; the results stay
             u.path = path
         timeline.utterances.extend(utts)
     return timeline
