@@ -235,3 +235,16 @@ def test_extract_cli_on_a_generated_corpus(tmp_path: Path) -> None:
     assert again.exit_code == 0, again.output
     out = " ".join(again.output.split())
     assert "0 entries computed" in out and "6 reused" in out
+
+
+def test_extract_cli_names_a_bad_corpus_or_encoder(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mmva.cli import app
+
+    missing = CliRunner().invoke(app, ["extract", "--data", str(tmp_path / "nope"), "--cache", str(tmp_path / "c"),
+                                       "--encoders", "face-expression", "--no-progress"])
+    assert missing.exit_code == 2 and "nope: corpus folder not found" in " ".join(missing.output.split())
+    typo = CliRunner().invoke(app, ["extract", "--data", str(tmp_path), "--cache", str(tmp_path / "c"),
+                                    "--encoders", "face-expresion"])
+    assert typo.exit_code == 2 and "unknown encoder 'face-expresion'" in " ".join(typo.output.split())

@@ -30,6 +30,7 @@ def extract_cmd(
     """Compute encoder features for a corpus into a cache (resumable; a rerun computes only what is missing)."""
     from mmva.config import load_config
     from mmva.data.corpus import load_corpus
+    from mmva.data.meld import CorpusError
     from mmva.encoders.base import create_encoder, encoder_class
     from mmva.encoders.cache import FeatureCache
     from mmva.train.distributed import extract_features_sharded  # split across torchrun processes
@@ -37,7 +38,10 @@ def extract_cmd(
     cfg = load_config(config, override or [])
     encs = {}
     for name in [n.strip() for n in encoders.split(",") if n.strip()]:
-        cls = encoder_class(name)
+        try:
+            cls = encoder_class(name)
+        except KeyError as exc:
+            raise typer.BadParameter(str(exc.args[0]), param_hint="--encoders") from None
         if cls.modality in encs:
             raise typer.BadParameter(f"two {cls.modality} encoders given ({encs[cls.modality].name}, {name})")
         options = {**cls.options_from_data(cfg.data), **cfg.model.encoder_options.get(name, {})}
@@ -45,7 +49,11 @@ def extract_cmd(
     store = FeatureCache(cache)
     failed = 0
     for sp in split:
-        corpus = load_corpus(data, sp)
+        try:
+            corpus = load_corpus(data, sp)
+        except CorpusError as exc:
+            console.print(f"[red]{exc}[/]")
+            raise typer.Exit(2) from None
         console.print(f"[bold]{sp}[/]: {len(corpus.utterances)} utterances, encoders "
                       f"{', '.join(e.name for e in encs.values())} -> {store.root}")
         for problem in corpus.problems[:10]:
