@@ -255,6 +255,9 @@ class SyncedDDPStrategy(DDPStrategy):
     def __init__(self, accelerator: str = "cpu", **kwargs: Any) -> None:
         gpu = accelerator in ("gpu", "cuda")
         kwargs.setdefault("process_group_backend", "nccl" if gpu else "gloo")
+        # A modality absent from every item of one process's batch leaves its projection unused
+        # there; without this DDP would wait forever for that gradient (or fail on the next step).
+        kwargs.setdefault("find_unused_parameters", True)
         super().__init__(**kwargs)
         self._mmva_layer_sync: LayerSync = TorchSyncBatchNorm() if gpu else GlooLayerSync()
 
