@@ -126,7 +126,9 @@ def training_job_request(spec: TrainingJobSpec) -> dict[str, Any]:
         "ResourceConfig": {"InstanceType": spec.instance_type, "InstanceCount": spec.instance_count,
                            "VolumeSizeInGB": spec.volume_size_gb},
         "StoppingCondition": {"MaxRuntimeInSeconds": spec.max_runtime_s},
-        "Environment": {"MMVA_OFFLINE": "0", **spec.environment},
+        # The image is built offline (HF_HUB_OFFLINE=1); a training job may download BERT-base /
+        # R3D-18 weights for the reference config when it has internet access.
+        "Environment": {"MMVA_OFFLINE": "0", "HF_HUB_OFFLINE": "0", **spec.environment},
     }
     if spec.spot:
         request["EnableManagedSpotTraining"] = True
