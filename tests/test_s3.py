@@ -51,11 +51,12 @@ def test_readers_never_see_a_half_written_checkpoint(s3_bucket):
     uri = f"{s3_bucket}/ckpt/last.safetensors"
     versions = [bytes([i]) * (256 << 10) for i in range(2)]  # 256 KiB each
     storage.write_bytes_atomic(uri, versions[0])
-    done, seen, bad = threading.Event(), set(), []
+    done, seen, bad, reads = threading.Event(), set(), [], [0]
 
     def read() -> None:
         while not done.is_set():
             data = storage.read_bytes(uri)  # never "not found", never a prefix
+            reads[0] += 1
             if data in versions:
                 seen.add(data[0])
             else:
@@ -64,13 +65,15 @@ def test_readers_never_see_a_half_written_checkpoint(s3_bucket):
     reader = threading.Thread(target=read)
     reader.start()
     try:
-        for i in range(1, 7):
-            storage.write_bytes_atomic(uri, versions[i % 2])
+        writes = 0
+        while writes < 6 or (reads[0] < 4 and writes < 60):  # overlap: several reads during writes
+            writes += 1
+            storage.write_bytes_atomic(uri, versions[writes % 2])
     finally:
         done.set()
         reader.join()
     assert not bad, f"partial reads of sizes {bad[:5]}"
-    assert seen  # the reader did read while writes went on
+    assert reads[0] >= 4 and seen  # the reader did read while writes went on
 
 
 @pytest.fixture(scope="module")
