@@ -144,7 +144,9 @@ class DetectorConfig:
     """Face detection settings. Detection runs on a grey copy whose longer side is ``detect_side``."""
 
     detect_side: int = 320
-    min_face: int = 24  # pixels at detect_side; smaller detections are mostly false positives
+    # Smallest face, pixels at detection scale: 20 found faces in 13 of 14 generated 64 px clips
+    # (24: 11) with no detection on 15 face-free scikit-image photos or noise; 16 found no more.
+    min_face: int = 20
     scale_factor: float = 1.1
     min_neighbors: int = 5
     margin: float = 0.1  # crop enlarged by this fraction of the face side on each side, as fer does
@@ -342,7 +344,7 @@ class FaceExpression(Encoder):
     name = "face-expression"
     modality = "video"
 
-    def __init__(self, num_frames: int = 8, detect_side: int = 320, min_face: int = 24,
+    def __init__(self, num_frames: int = 8, detect_side: int = 320, min_face: int = 20,
                  weights: str | None = None) -> None:
         super().__init__(EMBED_DIM + len(EMOTIONS), {
             "num_frames": num_frames, "detect_side": detect_side, "min_face": min_face,
