@@ -145,7 +145,7 @@ class DetectorConfig:
 
     detect_side: int = 320
     # Smallest face, pixels at detection scale: 20 found faces in 13 of 14 generated 64 px clips
-    # (24: 11) with no detection on 16 face-free scikit-image photos or noise; 16 found no more.
+    # (24: 11) with no detection on 16 face-free scikit-image photos or noise; 16 px found no more.
     min_face: int = 20
     scale_factor: float = 1.1
     min_neighbors: int = 5
