@@ -18,6 +18,7 @@ def train_text_cmd(
     batch_size: int = typer.Option(32, help="Utterances per step."),
     lr: float = typer.Option(1e-3, help="Learning rate of the LoRA adapter."),
     context_turns: int = typer.Option(1, help="Previous utterances of the dialogue given as context."),
+    frozen_layers: int = typer.Option(3, help="Bottom encoder layers kept frozen (cached once); LoRA on the rest."),
     seed: int = typer.Option(13, help="Random seed."),
     max_train: Optional[int] = typer.Option(None, help="Subsample the training split (smoke runs)."),
     max_dev: Optional[int] = typer.Option(None, help="Use only the first N dev utterances (smoke runs)."),
@@ -31,7 +32,8 @@ def train_text_cmd(
     from mmva.train.text_finetune import TextTrainConfig, train_text
 
     cfg = TextTrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, max_train=max_train,
-                          max_dev=max_dev, model=replace(TextClassifierConfig(), context_turns=context_turns))
+                          max_dev=max_dev, model=replace(TextClassifierConfig(), context_turns=context_turns,
+                                                frozen_layers=frozen_layers))
     result = train_text(data, out, cfg, resume=not fresh)
     head = result.metrics["calibrated_crossfit"]
     console.print(f"model: {result.model_path}")

