@@ -64,7 +64,12 @@ def _read_json(path: Path) -> Any:
 
 def _parse(value: Any) -> Any:
     # SageMaker passes every hyperparameter as a string (the SDK JSON-encodes them first).
-    return yaml.safe_load(value) if isinstance(value, str) else value
+    if not isinstance(value, str):
+        return value
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value  # not YAML: the plain string
 
 
 @dataclass(frozen=True)
