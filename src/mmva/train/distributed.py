@@ -71,8 +71,14 @@ def is_main_process() -> bool:
 
 
 def default_backend() -> str:
-    """NCCL when this process has a GPU, gloo otherwise."""
-    return "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+    """Gloo for CPU tensors, plus NCCL for CUDA tensors when this process has a GPU.
+
+    Both at once, because the group is often created before the Trainer decides where the model
+    runs (feature extraction comes first), and a CPU run on a GPU machine still needs gloo.
+    """
+    if torch.cuda.is_available() and dist.is_nccl_available():
+        return "cpu:gloo,cuda:nccl"
+    return "gloo"
 
 
 def init_process_group(backend: str | None = None, timeout_s: float = 1800.0) -> bool:
@@ -84,7 +90,7 @@ def init_process_group(backend: str | None = None, timeout_s: float = 1800.0) ->
         return False
     if not dist.is_initialized():
         backend = backend or default_backend()
-        if backend == "nccl":
+        if "nccl" in backend:
             torch.cuda.set_device(local_rank())
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     return True
