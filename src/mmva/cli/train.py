@@ -49,6 +49,10 @@ def train_cmd(
     except (CheckpointError, FileNotFoundError, NonFiniteLossError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
+    from mmva.train.distributed import is_main_process
+
+    if not is_main_process():
+        return  # under torchrun every process trains; rank 0 reports
     m = result.metrics
     console.print(metrics_table({"split": dev_split, "evaluated": m["dev_utterances"], **m}))
     console.print(f"best epoch {m['best_epoch']} ({m['monitor']} = {m['best_score']}), "
