@@ -254,8 +254,10 @@ def test_readme_sample_command_runs_offline(tmp_path):
     assert proc.returncode == 0, proc.stderr
     data = json.loads((tmp_path / "mmva-sample.mmva.json").read_text())
     assert len(data["utterances"]) >= 3
-    assert {u["modalities"][0] for u in data["utterances"]} <= {"text", "audio", "video"}
-    assert all(len(u["modalities"]) >= 2 for u in data["utterances"])
+    assert all("text" in u["modalities"] for u in data["utterances"])
+    # the sample cuts away from the face for the sad lines: the face is used only where it is seen
+    with_face = ["video" in u["modalities"] for u in data["utterances"]]
+    assert with_face[0] and not all(with_face)
     for ext in ("csv", "srt", "vtt", "html"):
         assert (tmp_path / f"mmva-sample.mmva.{ext}").stat().st_size > 0
     assert "joy" in proc.stdout or "anger" in proc.stdout or "sadness" in proc.stdout
