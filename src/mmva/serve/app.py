@@ -27,7 +27,6 @@ import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any, AsyncIterator
