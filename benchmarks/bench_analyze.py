@@ -205,9 +205,18 @@ def child_analyze(path: str, model_path: str | None) -> None:
     from mmva.analyze import analyze
     from mmva.model.default import load_default_model
 
-    t = analyze(path, model=load_default_model(model_path))
+    import resource
+
+    rss: list[float] = []  # peak RSS so far, sampled as each window starts: flat = bounded memory
+
+    def progress(stage: str, fraction: float) -> None:
+        if stage == "audio":
+            rss.append(round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+
+    t = analyze(path, model=load_default_model(model_path), progress=progress)
     print(json.dumps({"utterances": len(t.utterances), "duration": t.duration,
-                      "stages_s": {k: round(v, 2) for k, v in t.timings.items()}}))
+                      "stages_s": {k: round(v, 2) for k, v in t.timings.items()},
+                      "peak_rss_mb_at_each_window_start": rss}))
 
 
 def main() -> None:
@@ -245,6 +254,8 @@ def main() -> None:
     described = load_default_model(args.default_model).describe()
     mm["default_model"] = {"path": args.default_model or "shipped", "name": described.get("name"),
                            "version": described.get("version")}
+    voice = getattr(load_default_model(args.default_model), "voice_head", lambda: None)()
+    mm["voice_head_available"] = voice is not None
     res["mmva"] = mm
     print(json.dumps({"decode_floor": res["decode_floor"], "mmva": mm}, indent=2), flush=True)
     ref = run_reference(str(talk), timeline.utterances, args.ref_utterances)
