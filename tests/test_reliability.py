@@ -137,3 +137,25 @@ def test_several_faces_in_decoded_video_follow_the_largest_face(face_videos):
     assert all(10 <= x and x + w <= 170 for x, y, w, h in result.boxes)  # inside the large photo on the left
 
 
+def test_several_faces_in_a_frame_through_mmva_analyze(face_videos, tmp_path):
+    """Two people in shot: `mmva analyze` reads the main (largest) face, the same as when it is alone."""
+    from typer.testing import CliRunner
+
+    from mmva.cli import app
+
+    cues = str(face_videos["both"].parent / "cues.srt")
+    out = {}
+    for name, path in face_videos.items():
+        result = CliRunner().invoke(app, ["analyze", str(path), "--subtitles", cues, "-o", str(tmp_path), "-q"])
+        assert result.exit_code == 0, result.output
+        out[name] = json.loads((tmp_path / f"{name}.mmva.json").read_text())
+    for name in ("both", "large"):
+        (utt,) = out[name]["utterances"]
+        assert "video" in utt["modalities"] and "text" in utt["modalities"]
+    both, alone = (out[n]["utterances"][0]["per_modality"]["video"]["emotion"] for n in ("both", "large"))
+    assert both.keys() == alone.keys() and max(both, key=both.get) == max(alone, key=alone.get)
+    # the smaller face neither replaces nor blurs the main one
+    np.testing.assert_allclose([both[k] for k in both], [alone[k] for k in both], atol=0.03)
+    (no_face,) = out["none"]["utterances"]
+    assert "video" not in no_face["modalities"] and "video" not in no_face.get("per_modality", {})
+    assert "text" in no_face["modalities"]  # no face: the words (and voice) still speak
