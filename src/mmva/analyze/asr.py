@@ -67,6 +67,9 @@ def load_asr(name: str | None = None, device: str = "cpu") -> Any:
     """
     from faster_whisper import WhisperModel
 
+    # faster-whisper logs every call at INFO ("Processing audio with duration ..."): noise under mmva's
+    # progress bars; its warnings still show.
+    logging.getLogger("faster_whisper").setLevel(logging.WARNING)
     path = name or default_asr_path()
     is_local = Path(path).exists()
     if not is_local and (os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("MMVA_OFFLINE") == "1"):

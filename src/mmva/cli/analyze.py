@@ -6,6 +6,8 @@ Exit codes: 0 all analysed, 1 at least one input failed, 2 bad usage.
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -71,6 +73,10 @@ def analyze_cmd(
         raise typer.BadParameter(str(exc), param_hint="--format") from None
     if device not in DEVICES:
         raise typer.BadParameter(f"{device!r} is not one of {', '.join(DEVICES)}", param_hint="--device")
+    if quiet:  # "only errors": also the warnings of the libraries underneath (transformers, ...)
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers loads
+        for name in ("", "mmva", "faster_whisper"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     inputs = list(paths or [])
     if sample:
         inputs.append(_make_sample(out, quiet))
