@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -64,8 +65,7 @@ def analyze_cmd(
                                 help="Generate a short talking video (no network) and analyse it."),
 ) -> None:
     """Per-utterance emotion and sentiment timeline; writes NAME.mmva.json (and other formats)."""
-    from mmva.analyze import analyze, analyze_batch, expand_inputs
-    from mmva.analyze.writers import parse_formats, write_outputs
+    from mmva.analyze.writers import parse_formats
 
     try:
         formats = parse_formats(fmt)
@@ -73,11 +73,39 @@ def analyze_cmd(
         raise typer.BadParameter(str(exc), param_hint="--format") from None
     if device not in DEVICES:
         raise typer.BadParameter(f"{device!r} is not one of {', '.join(DEVICES)}", param_hint="--device")
-    if quiet:  # "only errors": also the warnings of the libraries underneath (transformers, ...)
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers loads
-        for name in ("", "mmva", "faster_whisper"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-    inputs = list(paths or [])
+    with _errors_only(quiet):
+        _analyze_files(list(paths or []), subtitles, formats, out, quiet, sample,
+                       {"asr_model": asr_model, "device": device, "top_k": top_k})
+
+
+@contextmanager
+def _errors_only(quiet: bool) -> Iterator[None]:
+    """--quiet: hide the warnings of the libraries underneath too (restored afterwards)."""
+    if not quiet:
+        yield
+        return
+    names = ("", "mmva", "faster_whisper")
+    levels = {n: logging.getLogger(n).level for n in names}
+    env = os.environ.get("TRANSFORMERS_VERBOSITY")
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"  # read when transformers is first imported
+    for n in names:
+        logging.getLogger(n).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for n, level in levels.items():
+            logging.getLogger(n).setLevel(level)
+        if env is None:
+            os.environ.pop("TRANSFORMERS_VERBOSITY", None)
+        else:
+            os.environ["TRANSFORMERS_VERBOSITY"] = env
+
+
+def _analyze_files(inputs: list[str], subtitles: str | None, formats: list[str], out: str, quiet: bool,
+                   sample: bool, kwargs: dict[str, Any]) -> None:
+    from mmva.analyze import analyze, expand_inputs
+    from mmva.analyze.writers import write_outputs
+
     if sample:
         inputs.append(_make_sample(out, quiet))
     if not inputs:
@@ -92,7 +120,6 @@ def analyze_cmd(
         console.print(f"[red]no media, subtitle or transcript files found in {', '.join(inputs)}[/]")
         raise typer.Exit(2)
     stdout = Console()
-    kwargs = {"asr_model": asr_model, "device": device, "top_k": top_k}
     if len(files) == 1 and not Path(inputs[0]).is_dir():
         with _progress_bar(quiet) as bar:
             task = bar.add_task("starting", total=1.0)
