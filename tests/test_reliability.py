@@ -164,7 +164,8 @@ def test_several_faces_in_a_frame_through_mmva_analyze(face_videos, tmp_path):
     for name in ("both", "large", "small"):
         (utt,) = out[name]["utterances"]
         assert "video" in utt["modalities"] and "text" in utt["modalities"]
-    both, alone, other = (out[n]["utterances"][0]["per_modality"]["video"]["emotion"] for n in ("both", "large", "small"))
+    both, alone, other = (out[n]["utterances"][0]["per_modality"]["video"]["emotion"]
+                          for n in ("both", "large", "small"))
     top = lambda probs: max(probs, key=probs.get)  # noqa: E731
     assert top(both) == top(alone) != top(other)
     # the smaller face neither replaces nor blurs the main one
