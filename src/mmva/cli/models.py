@@ -14,11 +14,11 @@ from mmva.cli import app, console
 def train_text_cmd(
     data: str = typer.Option(..., "--data", help="MELD-format folder with {split}_sent_emo.csv."),
     out: str = typer.Option("runs/text", "--out", help="Run folder (epoch files, metrics, final model)."),
-    epochs: int = typer.Option(2, help="Training epochs (the epoch with the best dev emotion wF1 is kept)."),
+    epochs: int = typer.Option(3, help="Training epochs (the epoch with the best dev emotion wF1 is kept)."),
     batch_size: int = typer.Option(32, help="Utterances per step."),
     lr: float = typer.Option(1e-3, help="Learning rate of the LoRA adapter."),
     context_turns: int = typer.Option(1, help="Previous utterances of the dialogue given as context."),
-    frozen_layers: int = typer.Option(3, help="Bottom encoder layers kept frozen (cached once); LoRA on the rest."),
+    frozen_layers: int = typer.Option(0, help="Bottom encoder layers kept frozen (cached once); LoRA on the rest."),
     seed: int = typer.Option(13, help="Random seed."),
     max_train: Optional[int] = typer.Option(None, help="Subsample the training split (smoke runs)."),
     max_dev: Optional[int] = typer.Option(None, help="Use only the first N dev utterances (smoke runs)."),

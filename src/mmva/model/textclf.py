@@ -54,9 +54,10 @@ class TextClassifierConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.1
     target_modules: tuple[str, ...] = ("query", "key", "value", "dense")
-    # The bottom layers stay frozen (no adapter): training runs them once per example and caches
-    # their output, so each epoch pays only for the top layers (the CPU here is the bottleneck).
-    frozen_layers: int = 3
+    # Bottom layers kept frozen (no adapter): training runs them once per example and caches their
+    # output, so each epoch pays only for the top layers. The shipped model adapts all 6 (0 frozen):
+    # 3 frozen was ~2x cheaper per epoch but 1.9 emotion wF1 lower on dev after 2 epochs.
+    frozen_layers: int = 0
     head_dropout: float = 0.1
     labels: dict[str, tuple[str, ...]] = field(
         default_factory=lambda: {"emotion": EMOTIONS, "sentiment": SENTIMENTS})

@@ -39,7 +39,7 @@ log = logging.getLogger("mmva")
 class TextTrainConfig:
     """Hyper-parameters of the recipe (saved beside the run and inside the model file)."""
 
-    epochs: int = 2
+    epochs: int = 3
     batch_size: int = 32
     lr: float = 1e-3  # LoRA + heads tolerate a ~10-20x higher rate than full fine-tuning
     head_lr: float = 2e-3
