@@ -1,0 +1,300 @@
+"""Regenerate the tables of benchmarks/README.md from benchmarks/results/*.json (no figure typed by hand).
+
+    python benchmarks/report.py            # rewrite the part of README.md between the report markers
+    python benchmarks/report.py --check    # exit 1 if README.md is not what the results give
+
+Only the text between ``<!-- report:begin -->`` and ``<!-- report:end -->`` is generated; the prose
+around it is kept. A results file that is missing gives a "not run" line instead of its table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+HERE = Path(__file__).parent
+BEGIN, END = "<!-- report:begin -->", "<!-- report:end -->"
+TARGET_RTF, TARGET_SPEEDUP, TARGET_HOUR_MB = 4.0, 10.0, 2.5 * 1024
+
+
+def _load(results: Path, name: str) -> dict | None:
+    path = results / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _fmt(x: Any, nd: int = 2) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:,.{nd}f}"
+    if isinstance(x, int):
+        return f"{x:,}"
+    return str(x)
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table.
+
+    >>> print(table(["a", "b"], [[1, 2.5]]))
+    | a | b |
+    |---|---|
+    | 1 | 2.50 |
+    """
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine_line(name: str, res: dict) -> str:
+    """'machine, date, load, command' for one results file, from whichever keys its script wrote."""
+    m = res.get("machine", {})
+    if isinstance(m, str):
+        return f"`{name}.json`: {m}"
+    cpu = m.get("cpu_model") or m.get("processor") or m.get("platform", "?").split("-")[0]
+    cores = m.get("cores") or m.get("cpus") or m.get("cpu_count")
+    parts = [f"{cpu}, {cores} cores" + (f", {m['ram_gb']} GB RAM" if m.get("ram_gb") else "")]
+    if m.get("gpu"):
+        parts.append(f"GPU {m['gpu']}")
+    parts.append(f"device {m.get('device', 'cpu')}")
+    if m.get("torch"):
+        parts.append(f"torch {m['torch']}")
+    if m.get("torch_threads"):
+        parts.append(f"{m['torch_threads']} torch threads")
+    load = [f"{k.replace('load_average_at_', '').replace('load_avg_1m', 'start (1 min)')} "
+            f"{'/'.join(str(v) for v in (m[k] if isinstance(m[k], list) else [m[k]]))}"
+            for k in ("load_average_at_start", "load_average_at_end", "load_avg_1m") if k in m]
+    if load:
+        parts.append("load average (1/5/15 min) " + ", ".join(load))
+    date = m.get("date_utc") or res.get("measured_at")
+    parts.append(f"date {date}" if date else "date not recorded by the script (see `git log` of the file)")
+    cmd = (res.get("command") or "").strip()
+    return f"`{name}.json`: " + "; ".join(parts) + (f"; command `{cmd}`" if cmd else "")
+
+
+def _met(value: float | None, target: float, higher: bool = True) -> str:
+    if value is None:
+        return "–"
+    return "met" if (value >= target if higher else value <= target) else "**missed**"
+
+
+def section_speed(sc: dict | None, an: dict | None) -> str:
+    """Part 1 + 2: the scaling table (medians) and the single-run bench_analyze figures."""
+    out = ["### Analyze speed and memory against length (parts 1 and 2)", ""]
+    if sc:
+        rows = []
+        for r in sc["lengths"]:
+            rows.append([f"{r['seconds']} s", r["runs"], r["utterances"], r["analyze_s"],
+                         r["seconds_per_minute_of_video"], r["realtime_factor"], round(r["peak_rss_mb"]),
+                         r["decode_floor_s"], r["times_decode_floor"], r["reference_s"], r["speedup_vs_reference"],
+                         f"{_met(r['realtime_factor'], TARGET_RTF)} / {_met(r['speedup_vs_reference'], TARGET_SPEEDUP)}"])
+        out += [table(["input", "runs", "utterances", "analyze s (median)", "s per min of video", "× real time",
+                       "peak RSS MB", "decode floor s", "× decode floor", "reference s (extrapolated)",
+                       "× faster than reference", f"targets ≥{TARGET_RTF:g}× RT / ≥{TARGET_SPEEDUP:g}× ref"], rows), ""]
+        out += [f"Reference pipeline: {sc['reference']['per_utterance_s_median']} s per utterance (median over runs, "
+                f"{sc['reference']['measured_utterances']} utterances timed per run, the first one included), "
+                "times each length's utterance count, plus the same decode + speech-recognition time.", ""]
+        stages = [k for k in sc["lengths"][0]["stages_s"]]
+        rows = [[f"{r['seconds']} s"] + [r["stages_s"].get(k) for k in stages]
+                + [r["load_default_model_s"], r["load_asr_s"]] for r in sc["lengths"]]
+        out += ["Per-stage wall seconds (median; model and ASR loading are once per process, outside the analyze time):",
+                "", table(["input", *[s.replace("_", " ") for s in stages], "load default model", "load ASR"], rows), ""]
+        usage = sc["lengths"][-1].get("modality_usage")
+        if usage:
+            out += [f"Modalities used ({sc['lengths'][-1]['seconds']} s input): "
+                    + ", ".join(f"{k} {v}" for k, v in usage.items())
+                    + " utterances" + (" — the voice head was not available, so the audio modality did not run."
+                                       if not usage.get("audio") else "."), ""]
+        out += [machine_line("scaling", sc), ""]
+    else:
+        out += ["`scaling.json`: not run yet (`python benchmarks/bench_scaling.py`).", ""]
+    if an:
+        mm, ref, floor = an["mmva"], an["reference"], an["decode_floor"]
+        out += ["bench_analyze.py (one run of 60 s, by the analyze engineer; same generator):", "",
+                table(["figure", "value"], [
+                    ["analyze s", mm["wall_s"]], ["× real time", mm["realtime_factor"]],
+                    ["decode floor s", floor["total_s"]], ["× decode floor", round(mm["wall_s"] / floor["total_s"], 2)],
+                    ["reference s (extrapolated)", ref["with_segmentation_s"]],
+                    ["× faster than reference (wall / CPU time)", f"{ref['speedup_of_mmva']} / {ref['speedup_of_mmva_cpu']}"],
+                ]), ""]
+        if an.get("hour"):
+            h = an["hour"]
+            out += [f"One hour of video (bench_analyze.py, one run): peak RSS {h['peak_rss_mb']} MB "
+                    f"(60 s video: {h['talk60_peak_rss_mb']} MB), {h['wall_s']} s wall "
+                    f"({h['realtime_factor']}× real time); 2.5 GB target "
+                    f"{_met(h['peak_rss_mb'], TARGET_HOUR_MB, higher=False)}.", ""]
+        out += [machine_line("analyze", an), ""]
+    return "\n".join(out)
+
+
+def section_targets(sc: dict | None, an: dict | None) -> str:
+    """The issue's targets, each with the figure that decides it and where it comes from."""
+    rows = []
+    by_len = {r["seconds"]: r for r in (sc or {}).get("lengths", [])}
+    r60 = by_len.get(60)
+    if r60:
+        rows.append(["default pipeline ≥ 4× real time (60 s, 2 CPU cores)", f"{r60['realtime_factor']}×",
+                     _met(r60["realtime_factor"], TARGET_RTF), "scaling.json, median"])
+        rows.append(["≥ 10× faster than the reference pipeline (60 s)", f"{r60['speedup_vs_reference']}×",
+                     _met(r60["speedup_vs_reference"], TARGET_SPEEDUP), "scaling.json, median"])
+    if an:
+        rows.append(["default pipeline ≥ 4× real time (60 s, 2 CPU cores)", f"{an['mmva']['realtime_factor']}×",
+                     _met(an["mmva"]["realtime_factor"], TARGET_RTF), "analyze.json, one run"])
+        rows.append(["≥ 10× faster than the reference pipeline (60 s)", f"{an['reference']['speedup_of_mmva']}×",
+                     _met(an["reference"]["speedup_of_mmva"], TARGET_SPEEDUP), "analyze.json, one run"])
+        if an.get("hour"):
+            rows.append(["peak memory ≤ 2.5 GB for 1 h of video", f"{an['hour']['peak_rss_mb']} MB",
+                         _met(an["hour"]["peak_rss_mb"], TARGET_HOUR_MB, higher=False), "analyze.json, one run"])
+    if sc and len(by_len) > 1:
+        short, long_ = min(by_len), max(by_len)
+        a, b = by_len[short], by_len[long_]
+        rows.append([f"time linear in length ({short} s → {long_} s)",
+                     f"{a['seconds_per_minute_of_video']} → {b['seconds_per_minute_of_video']} s per min of video",
+                     "–", "scaling.json, median"])
+        rows.append([f"memory flat in length ({short} s → {long_} s)",
+                     f"{round(a['peak_rss_mb'])} → {round(b['peak_rss_mb'])} MB peak RSS", "–", "scaling.json, median"])
+    if not rows:
+        return ""
+    return "\n".join(["### Targets", "", table(["target", "measured", "verdict", "source"], rows), ""])
+
+
+def section_train(tr: dict | None) -> str:
+    out = ["### Training throughput (part 3)", ""]
+    if not tr:
+        return "\n".join(out + ["`train.json`: not run yet (`python benchmarks/bench_train.py`).", ""])
+    rows = []
+    for r in tr["runs"]:
+        proj = r.get("projected_epoch_seconds")
+        ext = r.get("projected_extraction_seconds_once")
+        rows.append([r["config"], r.get("runs", 1), r["train_clips_per_second"],
+                     f"{proj:,.0f} s ({proj / 3600:.2f} h)" if proj else "–",
+                     f"{ext:,.0f} s ({ext / 3600:.1f} h)" if ext else "–",
+                     r.get("extraction_seconds_per_utterance")])
+    out += [table(["run", "runs", "train utterances/s (median)", "projected epoch, 10k utterances",
+                   "one-time feature extraction, 10k", "extraction s/utterance"], rows), ""]
+    out += ["`reference:decode-every-step` is the full reference training step (decode 30 frames at 224² + audio, "
+            "BERT-base and R3D-18 forward — frozen as the SPEC's reference config says — log-mel CNN and fusion "
+            "forward + backward); `reference:cached-features` reads the frozen encoders' features from the cache "
+            "(extracted once) and trains the rest; `tiny` is the debug config. Random weights (hubs are offline).", "",
+            machine_line("train", tr), ""]
+    return "\n".join(out)
+
+
+def _acc_rows(table_: dict, names: list[tuple[str, str]]) -> list[list[Any]]:
+    rows = []
+    for key, label in names:
+        if key not in table_:
+            continue
+        e, s = table_[key]["emotion"], table_[key]["sentiment"]
+        rows.append([label, e["weighted_f1"], e["accuracy"], e["macro_f1"], s["weighted_f1"], s["accuracy"], s["macro_f1"]])
+    return rows
+
+
+def section_accuracy(md: dict | None, ta: dict | None, fu: dict | None) -> str:
+    out = ["### Accuracy (part 4)", "", "MELD dev (x100):", ""]
+    head = ["model", "emotion wF1", "emotion acc", "emotion macro-F1", "sentiment wF1", "sentiment acc",
+            "sentiment macro-F1"]
+    if md:
+        t = md["table"]
+        out += [table(head, _acc_rows(t, [("majority", "majority class (neutral)"),
+                                          ("text", "default text model, no context"),
+                                          ("text_with_context", f"default text model + {md['context_turns']} "
+                                                                "previous utterance(s)")])), ""]
+        labels = list(t["text"]["emotion"]["per_class_f1"])
+        out += ["Per-class emotion F1:", "", table(["model", *labels], [[k] + [t[k]["emotion"]["per_class_f1"][c]
+                                                                             for c in labels] for k in t]), ""]
+        labels = list(t["text"]["sentiment"]["per_class_f1"])
+        out += ["Per-class sentiment F1:", "", table(["model", *labels], [[k] + [t[k]["sentiment"]["per_class_f1"][c]
+                                                                               for c in labels] for k in t]), ""]
+        out += [f"{md['n']} dev utterances; model {md['model'].get('name')} v{md['model'].get('version')} "
+                f"({md['model'].get('text_base')}). The model's epoch and calibration were chosen on dev, so these "
+                "in-sample figures are optimistic.", "", machine_line("meld_dev", md), ""]
+    else:
+        out += ["`meld_dev.json`: not run yet (`python benchmarks/bench_meld_dev.py`).", ""]
+    if ta and ta.get("recipe_crossfit"):
+        cf = ta["recipe_crossfit"]
+        out += ["Honest (cross-fitted calibration) figure of the training recipe, from text_accuracy.json:", "",
+                table(head, _acc_rows({"crossfit": cf}, [("crossfit", "default text model, cross-fitted")])), "",
+                machine_line("text_accuracy", ta), ""]
+    out += ["Generated corpus (mmva.data.make_corpus), dev split, x100:", ""]
+    if fu:
+        rows = _acc_rows(fu["table"], [("text", "text only"), ("video", "video only"), ("audio", "audio only"),
+                                       ("fusion", "fusion of all three")])
+        out += [table(head, rows), "",
+                f"{fu['corpus']['dev_clips']} dev clips ({fu['corpus']['n_per_class']} per emotion), tiny config, "
+                f"{fu['config']['epochs']} epochs, training seed(s) {fu['config']['seeds']} (medians); chance accuracy "
+                f"{fu['chance_accuracy']}. Fusion minus the best single modality (emotion wF1): "
+                f"{fu['fusion_minus_best_single_emotion_wf1']:+}.", "", machine_line("fusion", fu), ""]
+    else:
+        out += ["`fusion.json`: not run yet (`python benchmarks/bench_fusion.py`).", ""]
+    return "\n".join(out)
+
+
+def section_other(ex: dict | None, sv: dict | None) -> str:
+    out = ["### Other measurements in results/", ""]
+    if ex:
+        rows = [[n, e.get("modality"), "random init" if "random" in str(e.get("weights")) else "pretrained",
+                 e.get("clips_per_s"), e.get("clips_per_s_1_thread"),
+                 e.get("cached_clips_per_s")] for n, e in ex.get("encoders", {}).items()]
+        out += ["Feature extraction (bench_extract.py, clips of "
+                f"{ex.get('media', {}).get('seconds')} s at {ex.get('media', {}).get('size')}):", "",
+                table(["encoder", "modality", "weights", "clips/s", "clips/s, 1 thread", "from cache, clips/s"], rows),
+                "", machine_line("extract", ex), ""]
+    if sv:
+        out += [f"Serving (serve_load.json): {sv.get('what')}: text p50 {sv.get('text_latency_p50_s')} s, "
+                f"p95 {sv.get('text_latency_p95_s')} s, {sv.get('text_ok')}/{sv.get('text_requests')} ok; "
+                f"job turnaround p50 {sv.get('job_turnaround_p50_s')} s; peak RSS {sv.get('rss_peak_mb')} MB.", "",
+                machine_line("serve_load", sv), ""]
+    return "\n".join(out)
+
+
+SECTIONS: list[tuple[tuple[str, ...], Callable[..., str]]] = [
+    (("scaling", "analyze"), section_targets),
+    (("scaling", "analyze"), section_speed), (("train",), section_train),
+    (("meld_dev", "text_accuracy", "fusion"), section_accuracy), (("extract", "serve_load"), section_other),
+]
+
+
+def render(results: Path = HERE / "results") -> str:
+    """All generated tables as one Markdown block (without the markers)."""
+    parts = [f(*[_load(results, n) for n in names]) for names, f in SECTIONS]
+    known = {n for names, _ in SECTIONS for n in names}
+    rest = sorted(p.stem for p in results.glob("*.json") if p.stem not in known)
+    if rest:
+        parts.append("Also in results/ (see the script of the same name): " + ", ".join(f"`{n}.json`" for n in rest))
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def update(readme: Path, block: str) -> str:
+    """README text with the block between the markers replaced (markers appended if absent)."""
+    text = readme.read_text() if readme.exists() else ""
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+    else:
+        head, tail = text.rstrip() + "\n\n", "\n"
+    return f"{head}{BEGIN}\n{block}{END}{tail}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", default=str(HERE / "results"))
+    ap.add_argument("--readme", default=str(HERE / "README.md"))
+    ap.add_argument("--check", action="store_true", help="exit 1 if the README is out of date")
+    args = ap.parse_args()
+    readme = Path(args.readme)
+    new = update(readme, render(Path(args.results)))
+    if args.check:
+        if not readme.exists() or readme.read_text() != new:
+            print(f"{readme}: out of date; run python benchmarks/report.py", file=sys.stderr)
+            sys.exit(1)
+        print(f"{readme}: up to date")
+        return
+    readme.write_text(new)
+    print(f"wrote {readme}")
+
+
+if __name__ == "__main__":
+    main()
