@@ -68,6 +68,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="fits per config (the median clips/s is reported)")
     parser.add_argument("--project", type=int, default=10_000, help="corpus size for the projected epoch time")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--end-to-end", action="store_true",
+                        help="also time the reference step with BERT-base and R3D-18 trained too (not frozen)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(Path(__file__).parent))
@@ -87,6 +89,10 @@ def main() -> None:
                          args.runs, args.project))
         cached = ["train.epochs=2", "data.batch_size=4", f"train.cache_dir={work / 'reference-cache'}", *accel]
         runs.append(_run("reference:cached-features", cached, corpus, work, args.runs, args.project))
+        if args.end_to_end:
+            e2e = ["train.epochs=1", "data.batch_size=2", "train.limit_train_batches=2", "train.use_cache=false",
+                   "model.freeze_text=false", "model.freeze_video=false", *accel]
+            runs.append(_run("reference:end-to-end", e2e, corpus, work, args.runs, args.project))
     out = {"machine": {"cpu_count": os.cpu_count(), "torch_threads": args.threads, "cuda": torch.cuda.is_available(),
                        "platform": platform.platform(), **end_load(info)},
            "command": "python benchmarks/bench_train.py " + " ".join(sys.argv[1:]), "runs": runs}

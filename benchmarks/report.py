@@ -177,7 +177,8 @@ def section_train(tr: dict | None) -> str:
     out += ["`reference:decode-every-step` is the full reference training step (decode 30 frames at 224² + audio, "
             "BERT-base and R3D-18 forward — frozen as the SPEC's reference config says — log-mel CNN and fusion "
             "forward + backward); `reference:cached-features` reads the frozen encoders' features from the cache "
-            "(extracted once) and trains the rest; `tiny` is the debug config. Random weights (hubs are offline).", "",
+            "(extracted once) and trains the rest; `reference:end-to-end` (only with `--end-to-end`) also trains "
+            "BERT-base and R3D-18; `tiny` is the debug config. Random weights (hubs are offline).", "",
             machine_line("train", tr), ""]
     return "\n".join(out)
 
