@@ -276,6 +276,7 @@ def render_model_card(run_dir: str | Path) -> str:
     reached = ("The aim of 60 emotion wF1 on dev was reached." if wf1 >= 60 else
                f"The aim of 60 emotion wF1 on dev was **not** reached ({wf1:.1f}); the shared 2-core CPU "
                f"allowed {tc['epochs']} epochs of a LoRA adapter.")
+    cached_layers = f" and the {mc['frozen_layers']} frozen layers" if mc["frozen_layers"] else ""
     frozen = f"; layers 0-{mc['frozen_layers'] - 1} frozen" if mc["frozen_layers"] else ""
     def row(name: str, d: dict, t: str) -> str:
         x = d[t]
@@ -309,7 +310,7 @@ trained jointly with cross-entropy weighted by the square root of inverse class 
 disgust get predicted at all), AdamW (adapter lr {tc['lr']}, heads {tc['head_lr']}, weight decay {tc['weight_decay']}), linear
 warm-up ({tc['warmup_ratio']:.0%}) and decay, batch {tc['batch_size']}, {tc['epochs']} epochs, gradient clipping 1.0; the epoch with the
 best dev emotion weighted-F1 (epoch {m['best_epoch']}) is kept. Cost on the shared 2-core CPU here (1 thread,
-other jobs running): caching the frozen layers {cache} s, then {', '.join(f'{s:.0f}' for s in secs)} s per epoch.
+other jobs running): caching the embeddings{cached_layers} {cache} s, then {', '.join(f'{s:.0f}' for s in secs)} s per epoch.
 
 **Calibration (fitted on dev).** Temperature by NLL, then a per-class bias by weighted-F1, kept only
 when it beats no bias out of fold (fitted on half of dev's dialogues, scored on the other half, both
