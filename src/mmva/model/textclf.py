@@ -106,8 +106,16 @@ class TextClassifier(nn.Module):
         from transformers import AutoModel, AutoTokenizer
 
         base = _base_dir()
+        from transformers.utils import logging as hf_logging
+
         tokenizer = AutoTokenizer.from_pretrained(str(base))
-        encoder = AutoModel.from_pretrained(str(base), add_pooling_layer=False)
+        # The checkpoint's unused pooler weights trigger a long, expected warning on every load.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            encoder = AutoModel.from_pretrained(str(base), add_pooling_layer=False)
+        finally:
+            hf_logging.set_verbosity(verbosity)
         if lora:
             from peft import LoraConfig, get_peft_model
 
