@@ -162,6 +162,17 @@ def prosody_features(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, *,
     return None if out is None else out.copy()
 
 
+def remember(audio: np.ndarray, sample_rate: int, normalize: str, features: np.ndarray | None) -> None:
+    """Seed the memo with features known for this waveform (e.g. read back from the feature cache),
+    so re-normalised variants of a corpus do not re-analyse its audio."""
+    y = np.ascontiguousarray(np.asarray(audio, dtype=np.float32).reshape(-1))
+    key = (hashlib.sha1(y.tobytes()).hexdigest(), int(sample_rate), normalize)
+    with _MEMO_LOCK:
+        _MEMO[key] = None if features is None else np.asarray(features, dtype=np.float32).copy()
+        while len(_MEMO) > _MEMO_SIZE:
+            _MEMO.popitem(last=False)
+
+
 def _compute(audio: np.ndarray, sample_rate: int, normalize: str) -> np.ndarray | None:
     import librosa
 

@@ -291,7 +291,24 @@ def raw_prosody_features(rows: list[dict[str, str]], config: Config, cache_dir: 
         value = cache.get(cache.key(u, enc, config.data))
         if value is not MISSING and value is not None and u.path:
             out[u.path] = value.numpy()
+            _seed_memo(u, config, normalize, out[u.path])
     return out
+
+
+def _seed_memo(utt: Any, config: Config, normalize: str, feats: np.ndarray) -> None:
+    """Decode the clip as the dataset does and tell the prosody memo its (cached) features: the
+    per-fold normalised variants then cost a decode per clip, not a new analysis."""
+    from mmva.encoders.prosody import remember
+    from mmva.io.media import MediaError, decode_clip
+
+    d = config.data
+    try:
+        clip = decode_clip(utt.path, start=utt.start_time, end=utt.end_time, num_frames=d.num_frames,
+                           sample_rate=d.sample_rate, text=utt.text, want_video=False, want_audio=True)
+    except MediaError:
+        return
+    if clip.has_audio:
+        remember(clip.audio, clip.sample_rate, normalize, feats)
 
 
 def prosody_normalization(mode: str, group: str = "speaker") -> FoldConfig:
