@@ -71,7 +71,7 @@ def test_utterances_and_times_match_the_speech(media, talk_timeline):
         ([(u.start_time, u.end_time) for u in utts], media["spans"])
     for u, word in zip(utts, KEYWORDS):
         assert word in u.text.lower()
-        assert "text" in u.modalities and "video" in u.modalities  # the face is seen
+        assert u.modalities == ["text", "audio", "video"]  # words, voice and the face are all used
         assert len(u.emotions) == 3 and len(u.sentiments) == 3
         confs = [e["confidence"] for e in u.emotions]
         assert confs == sorted(confs, reverse=True) and 0 < sum(confs) <= 1.0001
@@ -155,7 +155,7 @@ def test_audio_only_input(media):
     timeline = analyze(str(media["wav"]))
     assert len(timeline.utterances) == 3
     assert _close([(u.start_time, u.end_time) for u in timeline.utterances], media["spans"], 0.5)
-    assert all("video" not in u.modalities and "text" in u.modalities for u in timeline.utterances)
+    assert all(u.modalities == ["text", "audio"] for u in timeline.utterances)
     assert timeline.media["has_video"] is False
 
 
@@ -170,7 +170,7 @@ def test_video_without_audio_is_analysed_from_the_face(media):
 def test_video_without_a_face_uses_words_and_voice_only(media):
     timeline = analyze(str(media["noface"]))
     assert len(timeline.utterances) == 3
-    assert all("video" not in u.modalities and "text" in u.modalities for u in timeline.utterances)
+    assert all(u.modalities == ["text", "audio"] for u in timeline.utterances)
 
 
 def test_silence_gives_no_utterances(media, tmp_path):
