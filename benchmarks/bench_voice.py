@@ -36,10 +36,11 @@ RESULTS = Path(__file__).parent / "results" / "voice.json"
 VARIANTS = {
     "prosody-speaker": ("voice", "speaker", "cv-speaker"),
     "prosody-global": ("voice", "global", "cv-global"),
-    "prosody-raw": ("voice", "none", "cv-raw"),
+    "prosody-raw": ("voice", "none", "cv-none"),
     "logmel": ("voice-logmel", "none", "cv-logmel"),
 }
-CROSS_CORPUS = {"prosody-speaker": "xcorpus-speaker", "prosody-global": "xcorpus-global"}
+CROSS_CORPUS = {"prosody-speaker": "xcorpus-speaker", "prosody-global": "xcorpus-global",
+                "prosody-raw": "xcorpus-none"}
 
 
 def run_variant(data: str, work: Path, variant: str, group: str, folder: str, fresh: bool,
