@@ -62,6 +62,22 @@ def run_variant(data: str, work: Path, variant: str, group: str, folder: str, fr
     return res.to_dict()
 
 
+def run_config(out: Path, cv: dict) -> dict:
+    """The resolved model/train config the first fold ran with (saved by fit() beside the run)."""
+    import yaml
+
+    first = cv["folds"][0]["name"].replace("=", "-") if cv.get("folds") else ""
+    path = out / first / "run" / "config.yaml"
+    if not path.exists():
+        return {}
+    cfg = yaml.safe_load(path.read_text())
+    keep = ("audio", "encoder_options", "projection_dim", "fusion_dim", "dropout")
+    model = {k: v for k, v in cfg["model"].items() if k in keep}
+    model.get("encoder_options", {}).get("prosody", {}).pop("reference", None)  # a per-fold path
+    return {"name": cfg.get("name"), "model": model,
+            "train": {k: cfg["train"][k] for k in ("epochs", "lr", "patience", "weight_decay", "label_smoothing")}}
+
+
 def speed(data: str, n: int = 40) -> dict:
     """Prosody features (clips/s, one thread) and VoiceHead latency on real clips of the manifest."""
     import torch
@@ -107,6 +123,7 @@ def main() -> None:
         cv = run_variant(args.data, work, v, "speaker", VARIANTS[v][2], args.fresh, args.overrides)
         results["loso"][v] = cv["summary"]
         results["loso"][v]["fold_seconds"] = [f["seconds"] for f in cv["folds"]]
+        results["loso"][v]["config"] = run_config(work / VARIANTS[v][2], cv)
     for v in [v for v in args.cross_corpus.split(",") if v]:
         cv = run_variant(args.data, work, v, "corpus", CROSS_CORPUS[v], args.fresh, args.overrides)
         results["cross_corpus"][v] = {"per_fold": cv["summary"]["per_fold"],
