@@ -175,3 +175,12 @@ def test_speech_manifest_crossval_and_voice_train(tmp_path) -> None:
     flat = head.predict_proba(speak("say the word table", voice="en-gb-x-rp", pitch=20, amplitude=60, speed=120))
     anger, sad = EMOTIONS.index("anger"), EMOTIONS.index("sadness")
     assert excited[anger] > flat[anger] and flat[sad] > excited[sad]
+
+
+def test_crossval_refuses_a_manifest_without_the_group_column(tmp_path) -> None:
+    from mmva.cli import app
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,emotion\n/a.wav,joy\n/b.wav,anger\n")
+    res = CliRunner().invoke(app, ["crossval", "--data", str(manifest), "--out", str(tmp_path / "cv")])
+    assert res.exit_code == 2 and "no 'speaker' column" in res.output.replace("\n", "")

@@ -56,9 +56,13 @@ def crossval_cmd(
     from mmva.config import load_config
     from mmva.train.crossval import crossval, prosody_normalization
 
-    cfg = load_config(config, overrides)
-    res = crossval(data, cfg, out, group=group, only=only or None,
-                   fold_config=prosody_normalization(normalization, group))
+    try:
+        cfg = load_config(config, overrides)
+        res = crossval(data, cfg, out, group=group, only=only or None,
+                       fold_config=prosody_normalization(normalization, group))
+    except (ValueError, FileNotFoundError) as exc:  # bad manifest, unknown column, too few groups
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
     console.print(cv_table(res.summary))
     extra = {k: res.summary.get(k) for k in ("temperature", "ece_before", "ece_after_held_out_temperature")}
     console.print(json.dumps(extra))
@@ -79,8 +83,12 @@ def voice_train_cmd(
     from mmva.config import load_config
     from mmva.train.crossval import train_voice_head
 
-    cfg = load_config(config, overrides)
-    report = train_voice_head(data, out, cfg, work_dir=work, cross_validate=cv, progress=console.print)
+    try:
+        cfg = load_config(config, overrides)
+        report = train_voice_head(data, out, cfg, work_dir=work, cross_validate=cv, progress=console.print)
+    except (ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
     for variant, summary in report.get("crossval", {}).items():
         console.print(f"[bold]{variant}[/]")
         console.print(cv_table(summary))
