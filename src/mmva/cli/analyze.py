@@ -62,7 +62,9 @@ def analyze_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no table, only errors."),
     top_k: int = typer.Option(3, "--top-k", min=1, max=7, help="Emotions listed per utterance."),
     sample: bool = typer.Option(False, "--sample",
-                                help="Generate a short talking video (no network) and analyse it."),
+                                help="Analyse the short talking video that ships with mmva (no network)."),
+    regenerate: bool = typer.Option(False, "--regenerate",
+                                    help="With --sample: make the sample anew (needs espeak-ng, scikit-image)."),
 ) -> None:
     """Per-utterance emotion and sentiment timeline; writes NAME.mmva.json (and other formats)."""
     from mmva.analyze.writers import parse_formats
@@ -74,7 +76,7 @@ def analyze_cmd(
     if device not in DEVICES:
         raise typer.BadParameter(f"{device!r} is not one of {', '.join(DEVICES)}", param_hint="--device")
     with _errors_only(quiet):
-        _analyze_files(list(paths or []), subtitles, formats, out, quiet, sample,
+        _analyze_files(list(paths or []), subtitles, formats, out, quiet, sample, regenerate,
                        {"asr_model": asr_model, "device": device, "top_k": top_k})
 
 
@@ -102,12 +104,12 @@ def _errors_only(quiet: bool) -> Iterator[None]:
 
 
 def _analyze_files(inputs: list[str], subtitles: str | None, formats: list[str], out: str, quiet: bool,
-                   sample: bool, kwargs: dict[str, Any]) -> None:
+                   sample: bool, regenerate: bool, kwargs: dict[str, Any]) -> None:
     from mmva.analyze import analyze, expand_inputs
     from mmva.analyze.writers import write_outputs
 
     if sample:
-        inputs.append(_make_sample(out, quiet))
+        inputs.append(_make_sample(out, quiet, regenerate))
     if not inputs:
         console.print("[red]nothing to analyse:[/] give a video, audio file, subtitle file, transcript or "
                       "folder, or --sample")
@@ -171,8 +173,10 @@ def _message(src: str, exc: BaseException | str) -> str:
     return text if text.startswith(src) else f"{src}: {text}"
 
 
-def _make_sample(out: str, quiet: bool) -> str:
-    from mmva.analyze.sample import make_sample_video
+def _make_sample(out: str, quiet: bool, regenerate: bool = False) -> str:
+    import shutil
+    from importlib import resources
+
     from mmva.io import storage
 
     if storage.is_remote(out):
@@ -180,6 +184,17 @@ def _make_sample(out: str, quiet: bool) -> str:
 
         out = tempfile.mkdtemp(prefix="mmva-sample-")
     path = Path(out) / "mmva-sample.mp4"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shipped = resources.files("mmva") / "assets" / "sample" / "mmva-sample.mp4"
+    if shipped.is_file() and not regenerate:
+        # The shipped sample needs neither espeak-ng nor scikit-image on the user's machine.
+        with resources.as_file(shipped) as src:
+            shutil.copyfile(src, path)
+        if not quiet:
+            console.print(f"sample talking video: {path}")
+        return str(path)
+    from mmva.analyze.sample import make_sample_video
+
     if not quiet:
         console.print(f"generating a sample talking video: {path}")
     try:
