@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import tempfile
 import sys
 import time
 import urllib.request
@@ -36,7 +37,11 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            log = getattr(proc, "log", None)
+            out = ""
+            if log is not None:
+                log.seek(0)
+                out = log.read().decode(errors="replace")
             raise RuntimeError(f"moto server exited with code {proc.returncode}:\n{out}")
         try:
             with urllib.request.urlopen(f"{url}/moto-api/", timeout=2):
@@ -63,10 +68,14 @@ def moto_server() -> Iterator[str]:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, **aws_environment(url)}
+    # The server logs every request: it writes to a file, because an unread pipe fills up after a
+    # few hundred requests and then blocks the server mid-response.
+    log = tempfile.TemporaryFile()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+        stdout=log, stderr=subprocess.STDOUT, env=env,
     )
+    proc.log = log  # type: ignore[attr-defined]
     try:
         _wait_ready(url, proc)
         yield url
@@ -77,6 +86,7 @@ def moto_server() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        log.close()
 
 
 @pytest.fixture()

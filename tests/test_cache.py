@@ -153,19 +153,22 @@ KILL_SCRIPT = textwrap.dedent("""
 def test_killed_extract_resumes_without_recomputing_or_corruption(tmp_path: Path, face_video: Path,
                                                                    face_enc) -> None:
     n, root = 24, tmp_path / "cache"
+    log_path = tmp_path / "extract.log"  # a file, not a pipe: an unread pipe can block the child
+    log = open(log_path, "wb")
     proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(face_video), str(root), str(n)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
         while len(list(root.rglob("*.safetensors"))) < 5 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert proc.poll() is None, f"extract ended before it could be killed: {proc.stdout.read().decode()}"
+        assert proc.poll() is None, f"extract ended before it could be killed: {log_path.read_text()}"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        log.close()
     assert proc.returncode == -signal.SIGKILL
     cache = FeatureCache(root)
     done = list(cache.keys())

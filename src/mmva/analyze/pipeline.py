@@ -350,7 +350,7 @@ def _predict(predictor: Any, utts: list[Utterance], audio: list[np.ndarray | Non
         b = a + opts.batch_size
         preds = stages.run("emotions", frac, lambda: predictor.predict(
             [u.text for u in utts[a:b]], contexts=contexts[a:b], audio=audio[a:b], frames=frames[a:b],
-            sample_rate=SAMPLE_RATE))
+            sample_rate=SAMPLE_RATE, same_speaker=True))
         for u, p in zip(utts[a:b], preds):
             apply_prediction(u, p, top_k)
 
