@@ -150,11 +150,14 @@ def section_targets(sc: dict | None, an: dict | None) -> str:
     if sc and len(by_len) > 1:
         short, long_ = min(by_len), max(by_len)
         a, b = by_len[short], by_len[long_]
+        slope = b["seconds_per_minute_of_video"] / a["seconds_per_minute_of_video"]
+        growth = b["peak_rss_mb"] / a["peak_rss_mb"] - 1
         rows.append([f"time linear in length ({short} s → {long_} s)",
                      f"{a['seconds_per_minute_of_video']} → {b['seconds_per_minute_of_video']} s per min of video",
-                     "–", "scaling.json, median"])
+                     "linear or better" if slope <= 1.1 else "**worse than linear**", "scaling.json, median"])
         rows.append([f"memory flat in length ({short} s → {long_} s)",
-                     f"{round(a['peak_rss_mb'])} → {round(b['peak_rss_mb'])} MB peak RSS", "–", "scaling.json, median"])
+                     f"{round(a['peak_rss_mb'])} → {round(b['peak_rss_mb'])} MB peak RSS ({growth:+.0%})",
+                     "flat" if abs(growth) <= 0.1 else "**grows**", "scaling.json, median"])
     if not rows:
         return ""
     return "\n".join(["### Targets", "", table(["target", "measured", "verdict", "source"], rows), ""])
