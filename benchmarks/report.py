@@ -53,7 +53,7 @@ def machine_line(name: str, res: dict) -> str:
     m = res.get("machine", {})
     if isinstance(m, str):
         return f"`{name}.json`: {m}"
-    cpu = m.get("cpu_model") or m.get("processor") or m.get("platform", "?").split("-")[0]
+    cpu = m.get("cpu_model") or m.get("processor") or (m["platform"].split("-")[0] if m.get("platform") else "CPU model not recorded")
     cores = m.get("cores") or m.get("cpus") or m.get("cpu_count")
     parts = [f"{cpu}, {cores} cores" + (f", {m['ram_gb']} GB RAM" if m.get("ram_gb") else "")]
     if m.get("gpu"):
@@ -63,7 +63,7 @@ def machine_line(name: str, res: dict) -> str:
         parts.append(f"torch {m['torch']}")
     if m.get("torch_threads"):
         parts.append(f"{m['torch_threads']} torch threads")
-    load = [f"{k.replace('load_average_at_', '').replace('load_avg_1m', 'start (1 min)')} "
+    load = [f"{k.replace('load_average_at_', '').replace('load_avg_1m', 'during the run, 1 min only:')} "
             f"{'/'.join(str(v) for v in (m[k] if isinstance(m[k], list) else [m[k]]))}"
             for k in ("load_average_at_start", "load_average_at_end", "load_avg_1m") if k in m]
     if load:
@@ -178,8 +178,8 @@ def section_train(tr: dict | None) -> str:
     out += [table(["run", "runs", "train utterances/s (median)", "projected epoch, 10k utterances",
                    "one-time feature extraction, 10k", "extraction s/utterance"], rows), ""]
     out += ["`reference:decode-every-step` is the full reference training step (decode 30 frames at 224² + audio, "
-            "BERT-base and R3D-18 forward — frozen as the SPEC's reference config says — log-mel CNN and fusion "
-            "forward + backward); `reference:cached-features` reads the frozen encoders' features from the cache "
+            "BERT-base and R3D-18 forward — BERT frozen as the SPEC says, R3D-18 frozen as configs/reference.yaml "
+            "sets it — log-mel CNN and fusion forward + backward); `reference:cached-features` reads the frozen encoders' features from the cache "
             "(extracted once) and trains the rest; `reference:end-to-end` (only with `--end-to-end`) also trains "
             "BERT-base and R3D-18; `tiny` is the debug config. Random weights (hubs are offline).", "",
             machine_line("train", tr), ""]
@@ -236,8 +236,14 @@ def section_accuracy(md: dict | None, ta: dict | None, fu: dict | None) -> str:
     return "\n".join(out)
 
 
-def section_other(ex: dict | None, sv: dict | None) -> str:
+def section_other(ex: dict | None, sv: dict | None, vo: dict | None = None) -> str:
     out = ["### Other measurements in results/", ""]
+    if vo and isinstance(vo.get("table"), dict):
+        rows = [[n, round(100 * r["accuracy_mean"], 2) if r.get("accuracy_mean") is not None else None,
+                 round(100 * r["macro_f1_mean"], 2) if r.get("macro_f1_mean") is not None else None]
+                for n, r in vo["table"].items()]
+        out += ["Voice emotion head, leave-one-speaker-out (bench_voice.py, x100, mean over folds):", "",
+                table(["variant", "accuracy", "macro-F1"], rows), "", machine_line("voice", vo), ""]
     if ex:
         rows = [[n, e.get("modality"), "random init" if "random" in str(e.get("weights")) else "pretrained",
                  e.get("clips_per_s"), e.get("clips_per_s_1_thread"),
@@ -257,7 +263,7 @@ def section_other(ex: dict | None, sv: dict | None) -> str:
 SECTIONS: list[tuple[tuple[str, ...], Callable[..., str]]] = [
     (("scaling", "analyze"), section_targets),
     (("scaling", "analyze"), section_speed), (("train",), section_train),
-    (("meld_dev", "text_accuracy", "fusion"), section_accuracy), (("extract", "serve_load"), section_other),
+    (("meld_dev", "text_accuracy", "fusion"), section_accuracy), (("extract", "serve_load", "voice"), section_other),
 ]
 
 
