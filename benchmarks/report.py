@@ -158,6 +158,12 @@ def section_targets(sc: dict | None, an: dict | None) -> str:
         rows.append([f"memory flat in length ({short} s → {long_} s)",
                      f"{round(a['peak_rss_mb'])} → {round(b['peak_rss_mb'])} MB peak RSS ({growth:+.0%})",
                      "flat" if abs(growth) <= 0.1 else "**grows**", "scaling.json, median"])
+    if sc and an and an.get("hour") and by_len:
+        b, hour = by_len[max(by_len)], an["hour"]["peak_rss_mb"]
+        growth = hour / b["peak_rss_mb"] - 1
+        rows.append([f"memory bounded past the analysis window ({max(by_len)} s → 1 h)",
+                     f"{round(b['peak_rss_mb'])} → {round(hour)} MB peak RSS ({growth:+.0%})",
+                     "flat" if abs(growth) <= 0.1 else "**grows**", "scaling.json median → analyze.json one run"])
     if not rows:
         return ""
     return "\n".join(["### Targets", "", table(["target", "measured", "verdict", "source"], rows), ""])
