@@ -163,7 +163,7 @@ def section_targets(sc: dict | None, an: dict | None) -> str:
         growth = hour / b["peak_rss_mb"] - 1
         rows.append([f"memory bounded past the analysis window ({max(by_len)} s → 1 h)",
                      f"{round(b['peak_rss_mb'])} → {round(hour)} MB peak RSS ({growth:+.0%})",
-                     "flat" if abs(growth) <= 0.1 else "**grows**", "scaling.json median → analyze.json one run"])
+                     "flat" if abs(growth) <= 0.1 else "**grows**", "scaling.json median → analyze.json one run (sparser content: a still face, a sentence every 30 s)"])
     if not rows:
         return ""
     return "\n".join(["### Targets", "", table(["target", "measured", "verdict", "source"], rows), ""])
