@@ -47,7 +47,6 @@ class AnalyzeOptions:
     frames_per_utterance: int = 4  # face frames per utterance: half the cost of 8, same result on a steady face
     window: float = 300.0  # seconds of media decoded at a time: bounds memory on long videos
     lookahead: float = 15.0  # extra audio read past a window to find a pause to cut at
-    batch_size: int = 32  # utterances per model call
     context_turns: int = 3  # previous utterances given to the text model as dialogue context
     language: str | None = None  # ASR language (None: English for .en models, else detected)
     segment: SegmentOptions = field(default_factory=SegmentOptions)
@@ -339,20 +338,21 @@ def _collect_frames(path: str, utts: list[Utterance], opts: AnalyzeOptions,
 def _predict(predictor: Any, utts: list[Utterance], audio: list[np.ndarray | None],
              frames: list[np.ndarray | None], opts: AnalyzeOptions, top_k: int, stages: _Stages,
              frac: float, history: list[str]) -> None:
-    """Run the model over utterances in batches and write predictions into them."""
+    """Run the model over one window's utterances and write the predictions into them."""
     contexts = []
     for u in utts:
         contexts.append(history[-opts.context_turns:] if opts.context_turns else [])
         if u.text:
             history.append(u.text)
     del history[:-max(1, opts.context_turns)]
-    for a in range(0, len(utts), opts.batch_size):
-        b = a + opts.batch_size
-        preds = stages.run("emotions", frac, lambda: predictor.predict(
-            [u.text for u in utts[a:b]], contexts=contexts[a:b], audio=audio[a:b], frames=frames[a:b],
-            sample_rate=SAMPLE_RATE, same_speaker=True))
-        for u, p in zip(utts[a:b], preds):
-            apply_prediction(u, p, top_k)
+    # One call per window (bounded by the window length), not per fixed-size batch: the voice head
+    # normalises the utterances of one recording together, and needs them all to do so (the text
+    # model batches internally by length).
+    preds = stages.run("emotions", frac, lambda: predictor.predict(
+        [u.text for u in utts], contexts=contexts, audio=audio, frames=frames,
+        sample_rate=SAMPLE_RATE, same_speaker=True))
+    for u, p in zip(utts, preds):
+        apply_prediction(u, p, top_k)
 
 
 # -------------------------------------------------------------------------------------------------

@@ -97,6 +97,14 @@ def deploy_cmd(
     if checkpoint:
         if not upload_to:
             raise typer.BadParameter("--checkpoint needs --upload-to s3://.../model.tar.gz")
+        from mmva.cloud.package import is_default_model_dir
+
+        if not is_default_model_dir(checkpoint):
+            # `mmva serve` (the container's entry point) loads default-model folders only for now.
+            console.print(f"[yellow]warning:[/] {checkpoint} is a `mmva train` checkpoint; the mmva serving "
+                          "container loads a default-model folder (config.json + text_model.safetensors, e.g. "
+                          "from `mmva train-text` or `--recipe text`), so this endpoint will not pass /ping "
+                          "unless its image serves checkpoints")
         if not dry_run:
             package_model(checkpoint, upload_to)
             console.print(f"uploaded {upload_to}")

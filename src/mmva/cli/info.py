@@ -9,7 +9,7 @@ from mmva.cli import app, console
 
 @app.command("encoders")
 def encoders_cmd(modality: str = "") -> None:
-    """List registered encoders (name, modality, output size)."""
+    """List registered encoders (name, modality, implementing class)."""
     from mmva.encoders.base import encoder_class, list_encoders
 
     table = Table("name", "modality", "class")

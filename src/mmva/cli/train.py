@@ -46,7 +46,8 @@ def train_cmd(
     console.print(f"training [bold]{cfg.name}[/] on {data} -> {out}" + (" (resuming)" if resume else ""))
     try:
         result = fit(cfg, data, out, resume=resume, train_split=train_split, dev_split=dev_split, progress=progress)
-    except (CheckpointError, FileNotFoundError, NonFiniteLossError) as exc:
+    except (CheckpointError, FileNotFoundError, NonFiniteLossError, ValueError) as exc:
+        # CorpusError is a ValueError: a bad --data, CSV or manifest is reported, not a traceback.
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
     from mmva.train.distributed import is_main_process
@@ -81,7 +82,7 @@ def evaluate_cmd(
 
     try:
         result = evaluate(checkpoint, data, split, out, drop=drop, predictions=predictions, cache_dir=cache_dir)
-    except CheckpointError as exc:
+    except (CheckpointError, FileNotFoundError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
     console.print(metrics_table(result))

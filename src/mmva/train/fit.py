@@ -268,11 +268,14 @@ def fit(config: Config, data: str, out_dir: str, *, resume: bool = False, train_
             raise FileNotFoundError(f"{last_ckpt}: nothing to resume from (no last checkpoint in {run_dir})")
         _check_resume_config(run_dir, config)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
+    report = SkipReport()
+    train_c, dev_c = load_corpus(data, train_split), load_corpus(data, dev_split)  # bad --data fails first
+    if {u.uid for u in train_c.utterances} == {u.uid for u in dev_c.utterances}:
+        log.warning("%s: splits %r and %r hold the same utterances (a single manifest file?), so dev scores, "
+                    "early stopping and the best checkpoint measure training data; give a folder with "
+                    "%s.csv and %s.csv instead", data, train_split, dev_split, train_split, dev_split)
     _write_run_config(run_dir, config)
     _remove_stale_temp_files(ckpt_dir)
-
-    report = SkipReport()
-    train_c, dev_c = load_corpus(data, train_split), load_corpus(data, dev_split)
     for corpus in (train_c, dev_c):
         report.add_problems(corpus.problems)
     model = MultimodalSentimentAnalyzer(config)
