@@ -21,5 +21,7 @@ if command -v apt-get >/dev/null 2>&1; then
 else
   echo "apt-get not found: install ${pkgs[*]} with your system's package manager" >&2
 fi
+# An old pip (23.x) gives up on the boto3/aiobotocore/botocore pins that a current pip resolves.
+python -m pip install -q --upgrade "pip>=24"
 python -m pip install -q -e ".${extras}"
 echo "mmva installed: try 'mmva analyze --sample'"
