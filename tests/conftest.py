@@ -33,3 +33,15 @@ def generated_corpus(tmp_path_factory) -> Path:
     from mmva.data.synth import make_corpus
 
     return make_corpus(tmp_path_factory.mktemp("generated_corpus"), n_per_class=6, seed=0)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's tests with one torch thread: on 2 shared cores, torch's intra-op threads make
+    the tiny tensor operations of the debug models 10-100x slower under contention."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

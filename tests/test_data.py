@@ -171,6 +171,7 @@ def test_fix_text_examples():
     assert fix_text("It\u00e2\u20ac\u2122s") == "It’s"
     assert fix_text("  caf\u00c3\u00a9 ") == "café"
     assert fix_text("“quoted” – ok…") == "“quoted” – ok…"  # correct text is left alone
+    assert fix_text("”é") == "”é"  # plain ftfy reads this as MacRoman mojibake of "ӎ" (found by hypothesis)
 
 
 # -- manifests ---------------------------------------------------------------------------------------

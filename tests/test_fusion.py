@@ -13,7 +13,6 @@ emotion and split, 12 epochs, corpus seeds 0/1, train seeds 0/1/2): text 0.53-0.
 from __future__ import annotations
 
 import pytest
-import torch
 
 from mmva.config import load_config
 from mmva.labels import MODALITIES
@@ -24,13 +23,7 @@ ONLY = {"text": ["model.video=null", "model.audio=null"], "video": ["model.text=
         "audio": ["model.text=null", "model.video=null"], "fusion": []}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # 2 shared cores: torch's intra-op threads make tiny tensor ops much slower under contention.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -24,13 +24,7 @@ from mmva.model.checkpoint import load_model, load_training_state, read_metadata
 CHANCE_EMOTION = 1 / 7  # the generated corpus is balanced over the 7 emotions
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # 2 shared cores: torch's intra-op threads make tiny tensor ops 10-100x slower under contention.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

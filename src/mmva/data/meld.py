@@ -71,6 +71,11 @@ def parse_timestamp(text: str | float | int) -> float:
     return round(value, 6)
 
 
+# A UTF-8 lead byte (Â, Ã, â) read as Windows-1252/Latin-1, followed by a continuation byte read the same way.
+_MOJIBAKE = re.compile("[\u00c2\u00c3\u00e2][\u0080-\u00ff\u0152\u0153\u0160\u0161\u0178\u017d\u017e"
+                       "\u0192\u02c6\u02dc\u2013-\u203a\u20ac\u2122]")
+
+
 def fix_text(text: str | None) -> str:
     """Repair mojibake (``â€™`` -> ``’``), strip control characters and surrounding space.
 
@@ -79,8 +84,11 @@ def fix_text(text: str | None) -> str:
     """
     if not text:
         return ""
-    # uncurl_quotes=False: MELD's ’ is data, not noise; only broken encodings are repaired
-    return ftfy.fix_text(text, uncurl_quotes=False, normalization="NFC").strip()
+    # uncurl_quotes=False: MELD's ’ is data, not noise; only broken encodings are repaired, and only
+    # where UTF-8-read-as-Windows-1252 marks appear: on its own, ftfy also "repairs" rare genuine
+    # text (it reads "”é" as MacRoman mojibake of "ӎ").
+    return ftfy.fix_text(text, uncurl_quotes=False, normalization="NFC",
+                         fix_encoding=bool(_MOJIBAKE.search(text))).strip()
 
 
 def decode_csv_bytes(data: bytes, path: str, problems: list[str]) -> str:

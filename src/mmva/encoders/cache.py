@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import struct
-import tempfile
 import threading
 import time
 import weakref
@@ -161,26 +160,6 @@ def _metadata(blob: bytes) -> dict[str, str]:
     return json.loads(blob[8:8 + n]).get("__metadata__") or {}
 
 
-def _write_local_atomic(path: str, blob: bytes) -> None:
-    """Temp file in the same folder + ``os.replace``: a killed process leaves the old entry or the new.
-
-    Hand-written instead of ``storage.write_bytes_atomic`` to skip its fsync, which costs ~10 ms per
-    ~1 KB entry here (30,000 entries for MELD's three modalities: minutes). A process kill cannot
-    tear a renamed file; a power cut can, and ``get`` then finds the entry unreadable (safetensors
-    checks its header against the length) and it is recomputed: a lost entry, never a wrong one.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class FeatureCache:
     """Content-addressed store of encoder outputs on a local folder or ``s3://`` prefix.
 
@@ -268,7 +247,10 @@ class FeatureCache:
         if self.remote:
             self._remote_fs().pipe_file(self.path(key), blob)  # one PUT: an object appears whole or not at all
         else:
-            _write_local_atomic(self.path(key), blob)
+            # No fsync (~10 ms per ~1 KB entry, minutes for MELD's 30,000 entries): a killed process
+            # cannot tear a renamed file; a power cut can, and `get` then finds the entry unreadable
+            # (safetensors checks its header against the length) and it is recomputed.
+            storage.write_bytes_atomic(self.path(key), blob, fsync=False)
 
     def remove_stale_temp(self, max_age_s: float = 3600.0) -> int:
         """Delete temp files that killed writers left behind (local caches; S3 leaves none).

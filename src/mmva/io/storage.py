@@ -98,11 +98,12 @@ def read_text(uri: str | os.PathLike, encoding: str = "utf-8") -> str:
     return read_bytes(uri).decode(encoding)
 
 
-def write_bytes_atomic(uri: str | os.PathLike, data: bytes) -> None:
+def write_bytes_atomic(uri: str | os.PathLike, data: bytes, fsync: bool = True) -> None:
     """Write a whole file so that readers see either the old content or the new, never a part.
 
     Locally: temp file in the same folder, fsync, ``os.replace``. On S3 a single PUT is already
-    atomic (an object appears only once its upload completes).
+    atomic (an object appears only once its upload completes). ``fsync=False`` skips the flush to
+    disk: a killed process still leaves the old file or the new one; only a power cut can tear it.
     """
     if is_remote(uri):
         fs, path = filesystem(uri)
@@ -114,8 +115,9 @@ def write_bytes_atomic(uri: str | os.PathLike, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

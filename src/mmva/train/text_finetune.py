@@ -20,7 +20,6 @@ import logging
 import math
 import random
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
