@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,12 +108,23 @@ def analyze(source: str, *, subtitles: str | None = None, asr_model: str | None 
         _predict(predictor, utts, [None] * len(utts), [None] * len(utts), opts, top_k, stages, 0.0, [])
         timeline.utterances = utts
     else:
+        if hasattr(predictor, "warm_up"):
+            # Load the voice and face heads (and compile pYIN) while the media is decoded and
+            # transcribed, instead of on the critical path of the first prediction.
+            threading.Thread(target=_warm_up, args=(predictor,), name="mmva-warm-up", daemon=True).start()
         timeline = _analyze_media(str(source), subtitles, asr_model, device, top_k, opts, stages, predictor)
     timeline.model = {**_model_info(predictor), **timeline.model}
     timeline.timings = stages.timings
     if progress is not None:
         progress("done", 1.0)
     return timeline
+
+
+def _warm_up(predictor: Any) -> None:
+    try:
+        predictor.warm_up()
+    except Exception as exc:  # a failed warm-up only costs time: the real call reports real errors
+        log.debug("model warm-up failed: %s", exc)
 
 
 def _default_model(device: str) -> Any:

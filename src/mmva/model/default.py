@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import threading
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -87,6 +88,7 @@ class DefaultModel:
         self.text = TextClassifier.load(self.path / self.config["text_model"], merge=True)
         self._voice: Any = None
         self._voice_tried = False
+        self._voice_lock = threading.Lock()  # warm_up() may load the head from another thread
 
     # -- per-modality heads -------------------------------------------------------------------
     def text_probs(self, texts: Sequence[str], contexts: Sequence[Sequence[str]] | None = None
@@ -104,15 +106,32 @@ class DefaultModel:
 
     def voice_head(self) -> Any:
         """The voice head, or None when its module is not installed (the audio modality is skipped)."""
-        if not self._voice_tried:
-            self._voice_tried = True
-            try:
-                from mmva.model.voice import load_voice_head
+        with self._voice_lock:
+            if not self._voice_tried:
+                try:
+                    from mmva.model.voice import load_voice_head
 
-                self._voice = load_voice_head()
-            except (ImportError, FileNotFoundError) as exc:
-                log.warning("voice head unavailable, audio is ignored: %s", exc)
+                    self._voice = load_voice_head()
+                except (ImportError, FileNotFoundError) as exc:
+                    log.warning("voice head unavailable, audio is ignored: %s", exc)
+                self._voice_tried = True
         return self._voice
+
+    def warm_up(self) -> None:
+        """Load the voice head and the face network and run the voice features once on a short tone.
+
+        The first real call then pays no loading or JIT-compilation cost (pYIN compiles on first use,
+        about 2-4 s on 2 cores); ``mmva analyze`` runs this in a background thread while it decodes
+        and transcribes.
+        """
+        head = self.voice_head()
+        if head is not None:
+            t = np.arange(16000, dtype=np.float32) / 16000
+            tone = 0.1 * np.sin(2 * np.pi * 160 * t) * (1 + 0.3 * np.sin(2 * np.pi * 3 * t))
+            head.predict_proba(tone.astype(np.float32), sample_rate=16000)
+        from mmva.encoders.face import _shared_net
+
+        _shared_net(None)
 
     def audio_probs(self, audio: Sequence[np.ndarray | None], sample_rate: int, same_speaker: bool = False
                     ) -> list[dict[str, np.ndarray] | None]:
