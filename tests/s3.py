@@ -27,7 +27,7 @@ import pytest
 REGION = "us-east-1"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -65,7 +65,7 @@ def aws_environment(endpoint: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
     """Start ``python -m moto.server`` on a free loopback port; yield its URL."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, **aws_environment(url)}
     # The server logs every request: it writes to a file, because an unread pipe fills up after a

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 import posixpath
+import shutil
 import tempfile
-import uuid
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 import fsspec
 
@@ -98,30 +98,64 @@ def read_text(uri: str | os.PathLike, encoding: str = "utf-8") -> str:
     return read_bytes(uri).decode(encoding)
 
 
-def write_bytes_atomic(uri: str | os.PathLike, data: bytes, fsync: bool = True) -> None:
-    """Write a whole file so that readers see either the old content or the new, never a part.
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
-    Locally: temp file in the same folder, fsync, ``os.replace``. On S3 a single PUT is already
-    atomic (an object appears only once its upload completes). ``fsync=False`` skips the flush to
-    disk: a killed process still leaves the old file or the new one; only a power cut can tear it.
+
+# Read once: os.umask can only be read by setting it, which is not safe to do from several threads.
+_UMASK = _read_umask()
+
+
+def write_atomic(uri: str | os.PathLike, write: Callable[[str], None], fsync: bool = True) -> str:
+    """Run ``write(tmp_path)``, then make the finished file appear at ``uri`` in one step.
+
+    Locally the temp file sits in the target folder (same filesystem), is fsynced (unless
+    ``fsync=False``) and renamed with ``os.replace``; remotely it is uploaded with one PUT once
+    complete (an S3 object appears only whole). A crash, ``kill -9`` or a full disk during ``write``
+    leaves any previous file untouched and no temp file behind. Without fsync a killed process still
+    leaves the old file or the new one; only a power cut can tear it.
+
+    >>> write_atomic("/tmp/mmva-doc/a.txt", lambda tmp: Path(tmp).write_text("hi"))
+    '/tmp/mmva-doc/a.txt'
     """
+    uri = str(uri)
     if is_remote(uri):
-        fs, path = filesystem(uri)
-        fs.pipe_file(path, data)
-        return
+        fd, tmp = tempfile.mkstemp(suffix=Path(uri).suffix)
+        os.close(fd)
+        try:
+            write(tmp)
+            fs, path = filesystem(uri)
+            fs.put_file(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return uri
     target = Path(uri)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            if fsync:
-                fh.flush()
+        write(tmp)
+        if fsync:
+            with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return uri
+
+
+def write_bytes_atomic(uri: str | os.PathLike, data: bytes, fsync: bool = True) -> None:
+    """Write a whole file so that readers see either the old content or the new, never a part
+    (see :func:`write_atomic`; on S3 a single PUT of ``data``)."""
+    if is_remote(uri):
+        fs, path = filesystem(uri)
+        fs.pipe_file(path, data)
+        return
+    write_atomic(uri, lambda tmp: Path(tmp).write_bytes(data), fsync=fsync)
 
 
 def write_text_atomic(uri: str | os.PathLike, text: str) -> None:
@@ -134,19 +168,7 @@ def upload_file_atomic(local: str | os.PathLike, uri: str | os.PathLike) -> None
         fs, path = filesystem(uri)
         fs.put_file(str(local), path)  # S3 objects become visible only when complete
         return
-    target = Path(uri)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(local, "rb") as src, open(tmp, "wb") as dst:
-            while chunk := src.read(1 << 20):
-                dst.write(chunk)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(uri, lambda tmp: shutil.copyfile(local, tmp))
 
 
 def remove(uri: str | os.PathLike, recursive: bool = False) -> None:

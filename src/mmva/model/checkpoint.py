@@ -26,9 +26,8 @@ import os
 import pickle
 import re
 import struct
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors.torch import load as st_load
@@ -89,45 +88,6 @@ def checkpoint_bytes(model: torch.nn.Module, config: Config, extra: dict[str, An
     return st_save(state, metadata=checkpoint_metadata(model, config, extra))
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> str:
-    """Run ``write(tmp_path)`` then move the finished file to ``path`` in one step.
-
-    Locally the temp file sits in the target folder (same filesystem), is fsynced and renamed with
-    ``os.replace``; remotely it is uploaded with one PUT once complete. A crash, ``kill -9`` or a
-    full disk during ``write`` leaves any previous file at ``path`` untouched and no temp behind.
-    """
-    path = str(path)
-    if storage.is_remote(path):
-        fd, tmp = tempfile.mkstemp(suffix=Path(path).suffix)
-        os.close(fd)
-        try:
-            write(tmp)
-            storage.upload_file_atomic(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        return path
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_checkpoint(model: torch.nn.Module, config: Config, path: str | os.PathLike,
                     extra: dict[str, Any] | None = None) -> str:
     """Write one self-describing ``.safetensors`` file atomically (local path or ``s3://``).
@@ -138,7 +98,7 @@ def save_checkpoint(model: torch.nn.Module, config: Config, path: str | os.PathL
     """
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     meta = checkpoint_metadata(model, config, extra)
-    return atomic_write(path, lambda tmp: _save_file(state, tmp, meta))
+    return storage.write_atomic(path, lambda tmp: _save_file(state, tmp, meta))
 
 
 def _save_file(state: dict[str, torch.Tensor], tmp: str, meta: dict[str, str]) -> None:
@@ -159,7 +119,7 @@ def save_training_state(state: dict[str, Any], path: str | os.PathLike) -> str:
     Only plain types and tensors belong in it, so :func:`load_training_state` can use
     ``weights_only=True``.
     """
-    return atomic_write(path, lambda tmp: _torch_save(state, tmp))
+    return storage.write_atomic(path, lambda tmp: _torch_save(state, tmp))
 
 
 def _torch_save(state: dict[str, Any], tmp: str) -> None:
