@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mmva.io import storage
 from mmva.labels import EMOTIONS, SENTIMENTS, emotion_id, sentiment_id
 from mmva.model.textclf import TextClassifier, TextClassifierConfig
 
@@ -256,7 +257,9 @@ def train_text(data: str, out_dir: str, cfg: TextTrainConfig = TextTrainConfig()
         model.load_state_dict(state["model"], strict=False)
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        start, history = int(state["epoch"]), json.loads((out / "history.json").read_text())
+        start = int(state["epoch"])
+        # state.pt is written last: history may hold an epoch that state.pt does not, never fewer
+        history = json.loads((out / "history.json").read_text())[:start]
         rng.setstate(_rng_state(state["rng"]))
         log.info("resumed after epoch %d", start)
     cache: dict[bool, list[torch.Tensor]] = {}
@@ -278,10 +281,12 @@ def train_text(data: str, out_dir: str, cfg: TextTrainConfig = TextTrainConfig()
         log.info("epoch %d: loss %.4f, %.0f s; dev emotion wF1 %.2f, sentiment wF1 %.2f", epoch, loss, train_s,
                  scores["emotion"]["weighted_f1"], scores["sentiment"]["weighted_f1"])
         model.save(out / f"epoch{epoch}.safetensors", extra={"epoch": epoch})
-        (out / "history.json").write_text(json.dumps(history, indent=2))
-        torch.save({"model": {k: v for k, v in model.state_dict().items() if "lora_" in k or k.startswith("heads.")},
-                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
-                    "rng": _rng_tensor(rng)}, state_path)
+        storage.write_text_atomic(out / "history.json", json.dumps(history, indent=2))
+        state = {"model": {k: v for k, v in model.state_dict().items() if "lora_" in k or k.startswith("heads.")},
+                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
+                 "rng": _rng_tensor(rng)}
+        # atomic, and last: a kill mid-save leaves the previous epoch's resume state intact
+        storage.write_atomic(state_path, lambda tmp: torch.save(state, tmp))
     return finalize(out, dev, history, cfg)
 
 
