@@ -2,6 +2,9 @@
 # One-command set-up: system packages (when apt is available) and the Python package.
 #   ./install.sh          mmva and everything it needs to analyze, train and serve
 #   ./install.sh --test   also what the test suite needs (espeak-ng voices, Chromium for the browser test)
+# Inside an active virtual environment (or conda environment) mmva is installed there; otherwise
+# into .venv in this checkout, made with `python3` (or $PYTHON): a system Python is never changed
+# (Debian and Ubuntu refuse that, PEP 668). Run `source .venv/bin/activate` afterwards.
 set -euo pipefail
 cd "$(dirname "$0")"
 extras=""
@@ -10,18 +13,58 @@ if [ "${1:-}" = "--test" ]; then
   extras="[test]"
   pkgs+=(chromium chromium-driver)
 fi
+base="${PYTHON:-python3}"
+in_env=""
+if [ -n "${VIRTUAL_ENV:-}" ] && [ -x "$VIRTUAL_ENV/bin/python" ]; then
+  in_env="$VIRTUAL_ENV/bin/python"
+elif [ -n "${CONDA_PREFIX:-}" ] && [ -x "$CONDA_PREFIX/bin/python" ]; then
+  in_env="$CONDA_PREFIX/bin/python"
+fi
+if [ -z "$in_env" ] && ! command -v "$base" >/dev/null 2>&1; then
+  pkgs+=(python3)
+  base=python3
+fi
+
+apt_install() {
+  local need=() pkg sudo_cmd=""
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg"); done
+  [ ${#need[@]} -eq 0 ] && return 0
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+}
+
 if command -v apt-get >/dev/null 2>&1; then
-  need=()
-  for pkg in "${pkgs[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg"); done
-  if [ ${#need[@]} -gt 0 ]; then
-    sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  fi
+  apt_install "${pkgs[@]}"
 else
   echo "apt-get not found: install ${pkgs[*]} with your system's package manager" >&2
 fi
+
+if [ -n "$in_env" ]; then
+  py="$in_env"
+  echo "installing into the active environment ($("$py" -c 'import sys; print(sys.prefix)'))"
+else
+  if [ ! -x .venv/bin/python ]; then
+    # Debian and Ubuntu ship venv's pip bootstrap separately (python3-venv / python3.X-venv).
+    if ! "$base" -m venv .venv >/dev/null 2>&1; then
+      rm -rf .venv
+      if command -v apt-get >/dev/null 2>&1; then
+        ver="$("$base" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
+        apt_install python3-venv || apt_install "python${ver}-venv"
+      fi
+      "$base" -m venv .venv
+    fi
+  fi
+  py=.venv/bin/python
+  echo "installing into $(pwd)/.venv"
+fi
+"$py" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || {
+  echo "mmva needs Python 3.10 or newer; $("$py" -V 2>&1) found (set PYTHON=python3.11, say)" >&2; exit 1; }
 # An old pip (23.x) gives up on the boto3/aiobotocore/botocore pins that a current pip resolves.
-python -m pip install -q --upgrade "pip>=24"
-python -m pip install -q -e ".${extras}"
-echo "mmva installed: try 'mmva analyze --sample'"
+"$py" -m pip install -q --upgrade "pip>=24"
+"$py" -m pip install -q -e ".${extras}"
+if [ -n "$in_env" ]; then
+  echo "mmva installed: try 'mmva analyze --sample'"
+else
+  echo "mmva installed in .venv: run 'source .venv/bin/activate', then 'mmva analyze --sample'"
+fi
