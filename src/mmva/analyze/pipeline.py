@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -416,7 +417,11 @@ def expand_inputs(paths: list[str]) -> list[str]:
             if ext in VIDEO_EXTENSIONS + AUDIO_EXTENSIONS or (ext in SUBTITLE_EXTENSIONS
                                                                 and f.with_suffix("") not in stems):
                 out.append(str(f))
-    return out
+    # A file given twice (or inside two given folders) is analysed once.
+    unique: dict[str, str] = {}
+    for p in out:
+        unique.setdefault(p if "://" in p else os.path.realpath(p), p)
+    return list(unique.values())
 
 
 def analyze_batch(paths: list[str], *, out_dir: str | None = None,
@@ -433,32 +438,42 @@ def analyze_batch(paths: list[str], *, out_dir: str | None = None,
     analysed 3 file(s), 1 failed, in 12.0 s
       failed: talks/broken.mp4: not a readable media file (...)
     """
-    from mmva.analyze.writers import write_outputs
+    from mmva.analyze.writers import OutputError, check_output_dir, plan_outputs, write_outputs
 
     t_start = time.perf_counter()
     result = BatchResult()
     files = expand_inputs(list(paths))
-    roots = [Path(p) for p in paths if "://" not in str(p) and Path(p).is_dir()]
+    if out_dir is not None:
+        check_output_dir(out_dir)  # an unwritable destination fails now, not after the analysis
+        roots = [str(p) for p in paths if "://" not in str(p) and Path(p).is_dir()]
+        plan = plan_outputs(files, out_dir, roots)
+        written: set[str] = set()
     for src in files:
         try:
             timeline = analyze(src, **kwargs)
         except Exception as exc:  # noqa: BLE001 - a batch reports every kind of failure and goes on
-            reason = str(exc) or type(exc).__name__
-            log.debug("analysis of %s failed", src, exc_info=True)
-            result.failed.append((src, reason))
-            if on_result is not None:
-                on_result(src, None, reason)
+            _batch_failure(result, src, str(exc) or type(exc).__name__, on_result)
             continue
-        result.summaries[src] = timeline.summary
         if out_dir is not None:
-            target = out_dir
-            for root in roots:  # mirror sub-folders so equal names in different folders do not clash
-                if Path(src).is_relative_to(root) and Path(src).parent != root:
-                    target = str(Path(out_dir, Path(src).parent.relative_to(root)))
-            result.outputs[src] = write_outputs(timeline, target, list(formats))
+            try:
+                folder, stem = plan[src]
+                result.outputs[src] = write_outputs(timeline, folder, list(formats), stem, written=written)
+            except (OSError, OutputError) as exc:  # a full disk, a lost mount: this file failed
+                reason = str(exc) if isinstance(exc, OutputError) else f"cannot write outputs: {exc}"
+                _batch_failure(result, src, reason, on_result)
+                continue
         else:
             result.timelines[src] = timeline
+        result.summaries[src] = timeline.summary
         if on_result is not None:
             on_result(src, timeline, None)
     result.seconds = time.perf_counter() - t_start
     return result
+
+
+def _batch_failure(result: BatchResult, src: str, reason: str,
+                   on_result: Callable[[str, Timeline | None, str | None], None] | None) -> None:
+    log.debug("analysis of %s failed: %s", src, reason, exc_info=True)
+    result.failed.append((src, reason))
+    if on_result is not None:
+        on_result(src, None, reason)

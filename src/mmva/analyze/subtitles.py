@@ -84,8 +84,9 @@ def read_transcript(path: str) -> list[Utterance]:
     if b"\x00" in raw[:4096]:
         raise SubtitleError(f"{path}: not a text file (binary content)")
     lines = raw.decode("utf-8-sig", errors="replace").splitlines()
-    return [Utterance(text=clean_text(line), extra={"line": i + 1})
-            for i, line in enumerate(lines) if clean_text(line)]
+    # Plain text is plain text: no subtitle markup is stripped ("x < 5 and y > 2" stays whole).
+    return [Utterance(text=" ".join(line.split()), extra={"line": i + 1})
+            for i, line in enumerate(lines) if line.strip()]
 
 
 def sidecar_subtitles(media_path: str) -> str | None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-from pathlib import PurePosixPath
+import os
+import tempfile
+from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from mmva.analyze.timeline import Timeline
@@ -48,7 +50,8 @@ class CSVWriter(Writer):
 
     def to_string(self, timeline: Timeline) -> str:
         buf = io.StringIO()
-        out = csv.writer(buf, lineterminator="\n")
+        # RFC 4180 line ends: a field holding a carriage return is then quoted (with "\n" it is not).
+        out = csv.writer(buf, lineterminator="\r\n")
         out.writerow(["index", "start_time", "end_time", "text", "emotion", "emotion_confidence", "sentiment",
                       "sentiment_confidence", "modalities", *[f"p_emotion_{e}" for e in EMOTIONS],
                       *[f"p_sentiment_{s}" for s in SENTIMENTS]])
@@ -56,10 +59,23 @@ class CSVWriter(Writer):
             emo = u.emotions[0] if u.emotions else {"label": "", "confidence": ""}
             sen = u.sentiments[0] if u.sentiments else {"label": "", "confidence": ""}
             ep, sp = u.extra.get("emotion_probs", {}), u.extra.get("sentiment_probs", {})
-            out.writerow([i, _blank(u.start_time), _blank(u.end_time), u.text, emo["label"], emo["confidence"],
+            out.writerow([i, _blank(u.start_time), _blank(u.end_time), safe_cell(u.text), emo["label"], emo["confidence"],
                           sen["label"], sen["confidence"], "+".join(u.modalities),
                           *[ep.get(e, "") for e in EMOTIONS], *[sp.get(s, "") for s in SENTIMENTS]])
         return buf.getvalue()
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_cell(text: str) -> str:
+    """A text cell a spreadsheet shows as text, never runs as a formula (OWASP CSV injection):
+    a cell starting with ``= + - @``, tab or carriage return gets a leading apostrophe.
+
+    >>> safe_cell("=SUM(A1:A3)"), safe_cell("fine"), safe_cell("-5 degrees")
+    ("'=SUM(A1:A3)", 'fine', "'-5 degrees")
+    """
+    return "'" + text if text.startswith(_FORMULA_START) else text
 
 
 def _blank(x: float | None) -> float | str:
@@ -137,14 +153,113 @@ def parse_formats(spec: str | list[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def output_stem(source: str) -> str:
-    """``talk.mp4`` -> ``talk.mmva`` (outputs are ``talk.mmva.json``, ``talk.mmva.srt``, ...)."""
-    return f"{PurePosixPath(source.replace(chr(92), '/')).stem}.mmva"
+class OutputError(OSError):
+    """An output cannot be written: an unwritable destination, or a name another input of the same
+    command already wrote (outputs are never overwritten within one command)."""
 
 
-def write_outputs(timeline: Timeline, out_dir: str, formats: list[str], stem: str | None = None) -> list[str]:
-    """Write each format to ``out_dir/<stem>.<ext>``; returns the written paths."""
+def output_stem(source: str, keep_extension: bool = False) -> str:
+    """``talk.mp4`` -> ``talk.mmva`` (outputs are ``talk.mmva.json``, ``talk.mmva.srt``, ...);
+    ``keep_extension`` gives ``talk.mp4.mmva``, for when ``talk.wav`` is analysed too."""
+    name = _path(source)
+    return f"{name.name if keep_extension else name.stem}.mmva"
+
+
+def check_output_dir(out_dir: str) -> None:
+    """Make sure files can be written into ``out_dir`` (created if missing) before any work is done.
+
+    Raises :class:`OutputError` naming the folder and the reason. ``s3://`` prefixes are not
+    probed (a test object would be visible to others); their write errors arrive per file.
+
+    >>> check_output_dir("/proc/mmva")    # doctest: +SKIP
+    OutputError: /proc/mmva: cannot write outputs here: [Errno 2] No such file or directory: '/proc/mmva'
+    """
+    if storage.is_remote(out_dir):
+        return
+    try:
+        storage.makedirs(out_dir)
+        fd, probe = tempfile.mkstemp(prefix=".mmva-write-test.", dir=out_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"{out_dir}: cannot write outputs here: {exc.strerror or exc}") from None
+
+
+def plan_outputs(sources: list[str], out_dir: str, roots: list[str] = ()) -> dict[str, tuple[str, str]]:
+    """Where each source's outputs go, ``{source: (folder, stem)}``, with no two sources sharing a name.
+
+    A source inside one of the ``roots`` (folders given on the command line) keeps its sub-folder
+    under ``out_dir``. Names that would clash (``talk.mp4`` and ``talk.wav``; ``Talk.mp4`` and
+    ``talk.mp4`` on a case-insensitive disk) keep their extension (``talk.mp4.mmva``); files of the
+    same name from different folders (``a/talk.mp4``, ``b/talk.mp4``) go into sub-folders named
+    after the part of their paths that differs (``out/a/``, ``out/b/``).
+
+    >>> plan_outputs(["c/talk.mp4", "c/talk.wav", "c/notes.txt"], "out")
+    {'c/talk.mp4': ('out', 'talk.mp4.mmva'), 'c/talk.wav': ('out', 'talk.wav.mmva'), 'c/notes.txt': ('out', 'notes.mmva')}
+    """
+    plan = {src: (_mirror(src, out_dir, roots), output_stem(src)) for src in sources}
+    for group in _clashes(plan):
+        if len({_path(src).name for src in group}) > 1:  # the extensions tell them apart
+            for src in group:
+                plan[src] = (plan[src][0], output_stem(src, keep_extension=True))
+    for group in _clashes(plan):
+        parents = [_path(src).parent.parts for src in group]
+        common = 0
+        while all(len(p) > common and p[common] == parents[0][common] for p in parents):
+            common += 1
+        for src, parts in zip(group, parents):
+            rel = [p.replace(":", "") for p in parts[common:] if p not in ("/", "..", ".")]
+            plan[src] = (storage.join(plan[src][0], *rel) if rel else plan[src][0], plan[src][1])
+    for group in _clashes(plan):  # only names differing in case are left: number them
+        for i, src in enumerate(group[1:], start=2):
+            plan[src] = (plan[src][0], f"{plan[src][1][:-len('.mmva')]}-{i}.mmva")
+    return plan
+
+
+def _path(source: str) -> PurePosixPath:
+    return PurePosixPath(source.replace(chr(92), "/"))
+
+
+def _mirror(src: str, out_dir: str, roots: list[str]) -> str:
+    """``out_dir`` plus the sub-folder of ``src`` below the root folder it was found in."""
+    if "://" in src:
+        return out_dir
+    for root in roots:
+        if Path(src).is_relative_to(root) and Path(src).parent != Path(root):
+            return str(Path(out_dir, Path(src).parent.relative_to(root)))
+    return out_dir
+
+
+def _clashes(plan: dict[str, tuple[str, str]]) -> list[list[str]]:
+    groups: dict[str, list[str]] = {}
+    for src, (folder, stem) in plan.items():
+        groups.setdefault(_key(storage.join(folder, stem)), []).append(src)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _key(path: str) -> str:
+    # Case-folded: macOS and Windows disks treat Talk and talk as one file.
+    return (path if storage.is_remote(path) else os.path.normpath(os.path.abspath(path))).casefold()
+
+
+def write_outputs(timeline: Timeline, out_dir: str, formats: list[str], stem: str | None = None,
+                  written: set[str] | None = None) -> list[str]:
+    """Write each format to ``out_dir/<stem>.<ext>``; returns the written paths.
+
+    ``written`` is the set of outputs this command wrote before: a path in it is refused with an
+    :class:`OutputError` (before anything of this timeline is written) instead of overwritten; the
+    new paths are added to it.
+    """
     stem = stem or output_stem(timeline.source)
+    paths = [storage.join(out_dir, f"{stem}.{get_writer(fmt).extension}") for fmt in formats]
+    if written is not None:
+        for path in paths:
+            if _key(path) in written:
+                raise OutputError(f"{path}: already written by this command for another input; not overwritten")
     storage.makedirs(out_dir)
-    return [get_writer(fmt).write(timeline, storage.join(out_dir, f"{stem}.{get_writer(fmt).extension}"))
-            for fmt in formats]
+    done = []
+    for fmt, path in zip(formats, paths):
+        done.append(get_writer(fmt).write(timeline, path))
+        if written is not None:
+            written.add(_key(path))
+    return done

@@ -14,6 +14,7 @@ from typing import Any, Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -27,14 +28,14 @@ def timeline_table(timeline: Any, max_rows: int = 200) -> Table:
     from mmva.analyze.report import clock
 
     s = timeline.summary
-    title = (f"{timeline.source} · {s['n_utterances']} utterance(s) · dominant: "
+    title = (f"{escape(timeline.source)} · {s['n_utterances']} utterance(s) · dominant: "
              f"{s['dominant_emotion'] or '-'} / {s['dominant_sentiment'] or '-'}")
     table = Table("start", "end", "text", "emotion", "sentiment", "modalities", title=title,
                   title_justify="left")
     for u in timeline.utterances[:max_rows]:
         emo = ", ".join(f"{e['label']} {e['confidence']:.0%}" for e in u.emotions[:2]) or "-"
         sen = f"{u.sentiments[0]['label']} {u.sentiments[0]['confidence']:.0%}" if u.sentiments else "-"
-        table.add_row(clock(u.start_time), clock(u.end_time), u.text or "[no words]", emo, sen,
+        table.add_row(clock(u.start_time), clock(u.end_time), escape(u.text) if u.text else r"\[no words]", emo, sen,
                       "+".join(u.modalities) or "none")
     if len(timeline.utterances) > max_rows:
         table.caption = f"... {len(timeline.utterances) - max_rows} more in the written files"
@@ -106,8 +107,13 @@ def _errors_only(quiet: bool) -> Iterator[None]:
 def _analyze_files(inputs: list[str], subtitles: str | None, formats: list[str], out: str, quiet: bool,
                    sample: bool, regenerate: bool, kwargs: dict[str, Any]) -> None:
     from mmva.analyze import analyze, expand_inputs
-    from mmva.analyze.writers import write_outputs
+    from mmva.analyze.writers import OutputError, check_output_dir, write_outputs
 
+    try:
+        check_output_dir(out)  # before the work: an unwritable -o would otherwise lose it all
+    except OutputError as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
     if sample:
         inputs.append(_make_sample(out, quiet, regenerate))
     if not inputs:
@@ -119,7 +125,7 @@ def _analyze_files(inputs: list[str], subtitles: str | None, formats: list[str],
         console.print("[red]--subtitles applies to a single input[/]")
         raise typer.Exit(2)
     if not files:
-        console.print(f"[red]no media, subtitle or transcript files found in {', '.join(inputs)}[/]")
+        console.print(f"[red]no media, subtitle or transcript files found in {escape(', '.join(inputs))}[/]")
         raise typer.Exit(2)
     stdout = Console()
     if len(files) == 1 and not Path(inputs[0]).is_dir():
@@ -130,17 +136,22 @@ def _analyze_files(inputs: list[str], subtitles: str | None, formats: list[str],
                                    progress=lambda stage, f: bar.update(task, description=stage, completed=f),
                                    **kwargs)
             except Exception as exc:  # noqa: BLE001 - the message names the file and the problem
-                console.print(f"[red]error:[/] {_message(files[0], exc)}", soft_wrap=True)
+                console.print(f"[red]error:[/] {escape(_message(files[0], exc))}", soft_wrap=True)
                 raise typer.Exit(1) from None
-        written = write_outputs(timeline, out, formats)
+        try:
+            written = write_outputs(timeline, out, formats)
+        except OSError as exc:
+            console.print(f"[red]error:[/] cannot write the outputs of {escape(files[0])}: {escape(str(exc))}",
+                          soft_wrap=True)
+            raise typer.Exit(1) from None
         if not quiet:
             stdout.print(timeline_table(timeline))
             for p in timeline.problems:
-                console.print(f"[yellow]note:[/] {p}", soft_wrap=True)
-            console.print("wrote " + ", ".join(written), soft_wrap=True)
+                console.print(f"[yellow]note:[/] {escape(p)}", soft_wrap=True)
+            console.print("wrote " + escape(", ".join(written)), soft_wrap=True)
         return
     result = _run_batch(inputs, len(files), out, formats, quiet, kwargs)
-    console.print(result.summary(), style="red" if result.failed else None, highlight=False, soft_wrap=True)
+    console.print(escape(result.summary()), style="red" if result.failed else None, highlight=False, soft_wrap=True)
     raise typer.Exit(1 if result.failed else 0)
 
 
@@ -155,10 +166,10 @@ def _run_batch(inputs: list[str], n_files: int, out: str, formats: list[str], qu
         def on_result(src: str, timeline: Any, error: str | None) -> None:
             bar.advance(overall)
             if error:
-                bar.console.print(f"[red]failed:[/] {_message(src, error)}", soft_wrap=True)
+                bar.console.print(f"[red]failed:[/] {escape(_message(src, error))}", soft_wrap=True)
             elif not quiet:
                 s = timeline.summary
-                bar.console.print(f"[green]ok:[/] {src}: {s['n_utterances']} utterance(s), "
+                bar.console.print(f"[green]ok:[/] {escape(src)}: {s['n_utterances']} utterance(s), "
                                   f"dominant {s['dominant_emotion'] or '-'}", soft_wrap=True)
 
         def progress(stage: str, f: float) -> None:
@@ -191,15 +202,15 @@ def _make_sample(out: str, quiet: bool, regenerate: bool = False) -> str:
         with resources.as_file(shipped) as src:
             shutil.copyfile(src, path)
         if not quiet:
-            console.print(f"sample talking video: {path}")
+            console.print(f"sample talking video: {escape(str(path))}")
         return str(path)
     from mmva.analyze.sample import make_sample_video
 
     if not quiet:
-        console.print(f"generating a sample talking video: {path}")
+        console.print(f"generating a sample talking video: {escape(str(path))}")
     try:
         make_sample_video(path)
     except (ImportError, FileNotFoundError, RuntimeError) as exc:
-        console.print(f"[red]cannot make the sample video:[/] {exc}")
+        console.print(f"[red]cannot make the sample video:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
     return str(path)

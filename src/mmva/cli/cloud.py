@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from mmva.cli import app, console
 
@@ -31,7 +32,7 @@ def _emit(requests: list, dry_run: bool, region: Optional[str]) -> None:
         return
     for (operation, _), response in zip(requests, send(requests, sagemaker_client(region))):
         arn = next((v for k, v in response.items() if k.endswith("Arn")), "")
-        console.print(f"[green]{operation}[/green] {arn}")
+        console.print(f"[green]{operation}[/green] {escape(str(arn))}")
 
 
 @sagemaker_app.command("train")
@@ -107,7 +108,7 @@ def deploy_cmd(
                           "unless its image serves checkpoints")
         if not dry_run:
             package_model(checkpoint, upload_to)
-            console.print(f"uploaded {upload_to}")
+            console.print(f"uploaded {escape(upload_to)}")
         model_data = upload_to
     spec = DeploySpec(name=name or unique_name("mmva"), image_uri=image, role_arn=role,
                       model_data=model_data, instance_type=instance_type, instance_count=instance_count,
@@ -123,7 +124,7 @@ def package_cmd(checkpoint: str = typer.Argument(..., help="Checkpoint (.safeten
     """Build the model.tar.gz a SageMaker endpoint serves (flat files + mmva-model.json)."""
     from mmva.cloud.package import package_model
 
-    console.print(package_model(checkpoint, out))
+    console.print(escape(str(package_model(checkpoint, out))))
 
 
 @app.command("sagemaker-entry")
@@ -142,4 +143,4 @@ def copy_cmd(src: str = typer.Argument(..., help="Folder or prefix to copy from 
     """Copy a folder between local disk and S3 (a corpus up, a run down), one atomic write per file."""
     from mmva.io.storage import copy_tree
 
-    console.print(f"{copy_tree(src, dst, only_changed=only_changed)} file(s) copied to {dst}")
+    console.print(f"{copy_tree(src, dst, only_changed=only_changed)} file(s) copied to {escape(dst)}")

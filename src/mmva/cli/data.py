@@ -27,7 +27,7 @@ def make_corpus_cmd(
     names = tuple(s.strip() for s in splits.split(",") if s.strip())
     root = make_corpus(out, n_per_class=n_per_class, seed=seed, splits=names, size=size, fps=fps,
                        agreement=agreement)
-    console.print(f"wrote {n_per_class * 7} clips per split ({', '.join(names)}) to {root} "
+    console.print(f"wrote {n_per_class * 7} clips per split ({escape(', '.join(names))}) to {escape(str(root))} "
                   f"in {time.perf_counter() - t0:.1f} s")
 
 

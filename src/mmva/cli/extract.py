@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from mmva.cli import app, console
 
@@ -52,17 +53,17 @@ def extract_cmd(
         try:
             corpus = load_corpus(data, sp)
         except CorpusError as exc:
-            console.print(f"[red]{exc}[/]")
+            console.print(f"[red]{escape(str(exc))}[/]")
             raise typer.Exit(2) from None
-        console.print(f"[bold]{sp}[/]: {len(corpus.utterances)} utterances, encoders "
-                      f"{', '.join(e.name for e in encs.values())} -> {store.root}")
+        console.print(f"[bold]{escape(sp)}[/]: {len(corpus.utterances)} utterances, encoders "
+                      f"{', '.join(e.name for e in encs.values())} -> {escape(str(store.root))}")
         for problem in corpus.problems[:10]:
-            console.print(f"  [yellow]corpus:[/] {problem}")
+            console.print(f"  [yellow]corpus:[/] {escape(problem)}")
         if len(corpus.problems) > 10:
             console.print(f"  [yellow]corpus:[/] ... and {len(corpus.problems) - 10} more problems")
         report = extract_features_sharded(corpus.utterances, encs, store, cfg.data, workers=workers,
                                           progress=progress, batch_size=batch_size, torch_threads=torch_threads)
-        console.print(report.summary())
+        console.print(escape(report.summary()))
         failed += len(report.failed)
     if failed:
         console.print(f"[yellow]{failed} item(s) skipped; everything else is cached.[/]")

@@ -6,6 +6,7 @@ import json
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from mmva.cli import app, console
 
@@ -36,7 +37,7 @@ def train_text_cmd(
                                                 frozen_layers=frozen_layers))
     result = train_text(data, out, cfg, resume=not fresh)
     head = result.metrics["calibrated_crossfit"]
-    console.print(f"model: {result.model_path}")
+    console.print(f"model: {escape(str(result.model_path))}")
     for task in ("emotion", "sentiment"):
         m = head[task]
         console.print(f"dev {task}: weighted-F1 {m['weighted_f1']:.2f}, accuracy {m['accuracy']:.2f}, "
@@ -45,7 +46,7 @@ def train_text_cmd(
         from mmva.model.default import install_text_model
 
         install_text_model(result.run_dir, install)
-        console.print(f"installed into {install}")
+        console.print(f"installed into {escape(install)}")
 
 
 @app.command("analyze-text")

@@ -42,7 +42,9 @@ def serve_cmd(
     settings = ServeSettings(model_dir=model_dir, work_dir=work_dir or default_work_dir(), workers=workers,
                              max_queue=max_queue, api_key=api_key or None, top_k=top_k, asr_model=asr_model,
                              keep_hours=keep_hours, limits=limits)
-    console.print(f"mmva serve on http://{host}:{port} (work dir {settings.work_dir}, {workers} workers"
-                  f"{', API key required' if settings.api_key else ''})")
+    from rich.markup import escape
+
+    console.print(escape(f"mmva serve on http://{host}:{port} (work dir {settings.work_dir}, {workers} workers"
+                         f"{', API key required' if settings.api_key else ''})"))
     uvicorn.run(create_app(settings), host=host, port=port, limit_concurrency=max_connections,
                 log_level=log_level, timeout_graceful_shutdown=10)

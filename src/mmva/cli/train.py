@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 
 from mmva.cli import app, console
 
@@ -43,12 +44,13 @@ def train_cmd(
     from mmva.train.task import NonFiniteLossError
 
     cfg = _resolve_config(config, overrides, out, resume)
-    console.print(f"training [bold]{cfg.name}[/] on {data} -> {out}" + (" (resuming)" if resume else ""))
+    console.print(f"training [bold]{escape(cfg.name)}[/] on {escape(data)} -> {escape(out)}"
+                  + (" (resuming)" if resume else ""))
     try:
         result = fit(cfg, data, out, resume=resume, train_split=train_split, dev_split=dev_split, progress=progress)
     except (CheckpointError, FileNotFoundError, NonFiniteLossError, ValueError) as exc:
         # CorpusError is a ValueError: a bad --data, CSV or manifest is reported, not a traceback.
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
     from mmva.train.distributed import is_main_process
 
@@ -61,8 +63,8 @@ def train_cmd(
     if m["skipped_steps"]:
         console.print(f"[yellow]{len(m['skipped_steps'])} step(s) skipped for a NaN/inf loss[/]")
     for err in m["checkpoint_errors"]:
-        console.print(f"[red]{err}[/]")
-    console.print(f"best checkpoint: {result.best_checkpoint}\nlast checkpoint: {result.last_checkpoint}")
+        console.print(f"[red]{escape(str(err))}[/]")
+    console.print(escape(f"best checkpoint: {result.best_checkpoint}\nlast checkpoint: {result.last_checkpoint}"))
 
 
 @app.command("evaluate")
@@ -83,12 +85,12 @@ def evaluate_cmd(
     try:
         result = evaluate(checkpoint, data, split, out, drop=drop, predictions=predictions, cache_dir=cache_dir)
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
     console.print(metrics_table(result))
     if per_class:
         for task in ("emotion", "sentiment"):
             console.print(per_class_table(result[task], task))
-    console.print(result["skipped_summary"])
+    console.print(escape(result["skipped_summary"]))
     if out:
-        console.print(f"metrics written to {out}")
+        console.print(f"metrics written to {escape(out)}")

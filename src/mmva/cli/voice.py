@@ -7,6 +7,7 @@ import json
 from typing import List
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from mmva.cli import app, console
@@ -23,18 +24,19 @@ def speech_manifest_cmd(
     try:
         info = write_speech_manifest(root, out)
     except FileNotFoundError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
-    console.print(f"{info['rows']} rows -> {out}; per corpus {info['per_corpus']}; per speaker {info['per_speaker']}")
+    console.print(escape(f"{info['rows']} rows -> {out}; per corpus {info['per_corpus']}; "
+                         f"per speaker {info['per_speaker']}"))
     for problem in info["problems"]:
-        console.print(f"[yellow]skipped:[/] {problem}")
+        console.print(f"[yellow]skipped:[/] {escape(problem)}")
 
 
 def cv_table(summary: dict) -> Table:
     """Per-fold and mean accuracy / macro-F1 as a Rich table."""
     table = Table("fold", "n", "accuracy", "macro-F1")
     for name, m in summary["per_fold"].items():
-        table.add_row(name, str(m["n_test"]), f"{m['accuracy']:.3f}", f"{m['macro_f1']:.3f}")
+        table.add_row(escape(str(name)), str(m["n_test"]), f"{m['accuracy']:.3f}", f"{m['macro_f1']:.3f}")
     table.add_row("[bold]mean[/]", "", f"{summary['accuracy_mean']:.3f} ± {summary['accuracy_std']:.3f}",
                   f"{summary['macro_f1_mean']:.3f} ± {summary['macro_f1_std']:.3f}")
     return table
@@ -61,12 +63,12 @@ def crossval_cmd(
         res = crossval(data, cfg, out, group=group, only=only or None,
                        fold_config=prosody_normalization(normalization, group))
     except (ValueError, FileNotFoundError) as exc:  # bad manifest, unknown column, too few groups
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
     console.print(cv_table(res.summary))
     extra = {k: res.summary.get(k) for k in ("temperature", "ece_before", "ece_after_held_out_temperature")}
-    console.print(json.dumps(extra))
-    console.print(f"details: {out}/crossval.json")
+    console.print(escape(json.dumps(extra)))
+    console.print(f"details: {escape(out)}/crossval.json")
 
 
 @app.command("voice-train")
@@ -85,13 +87,14 @@ def voice_train_cmd(
 
     try:
         cfg = load_config(config, overrides)
-        report = train_voice_head(data, out, cfg, work_dir=work, cross_validate=cv, progress=console.print)
+        report = train_voice_head(data, out, cfg, work_dir=work, cross_validate=cv,
+                                  progress=lambda line: console.print(escape(str(line))))
     except (ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
     for variant, summary in report.get("crossval", {}).items():
-        console.print(f"[bold]{variant}[/]")
+        console.print(f"[bold]{escape(str(variant))}[/]")
         console.print(cv_table(summary))
-    console.print(f"voice head written to {out}")
+    console.print(f"voice head written to {escape(out)}")
 
 

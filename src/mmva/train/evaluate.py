@@ -116,7 +116,9 @@ def evaluate(checkpoint: str, data: str, split: str = "dev", out: str | None = N
 
 def metrics_table(result: dict[str, Any]) -> Table:
     """A Rich table of the headline scores of an :func:`evaluate` (or ``fit``) result."""
-    title = f"{result.get('split', 'dev')}: {result.get('evaluated', result.get('emotion', {}).get('support', 0))} utterances"
+    from rich.markup import escape
+
+    title = f"{escape(str(result.get('split', 'dev')))}: {result.get('evaluated', result.get('emotion', {}).get('support', 0))} utterances"
     if result.get("dropped_modalities"):
         title += f" (without {', '.join(result['dropped_modalities'])})"
     table = Table("task", "accuracy", "w-precision", "w-recall", "w-F1", "macro-F1", title=title)
