@@ -362,12 +362,13 @@ def test_synchronous_request_time_limit(tmp_path: Path) -> None:
     service.jobs.shutdown()
 
 
-def test_model_dir_with_a_training_checkpoint_is_refused_clearly(tmp_path: Path) -> None:
+def test_model_dir_with_a_broken_checkpoint_is_refused_clearly(tmp_path: Path) -> None:
     (tmp_path / "model.safetensors").write_bytes(b"x")
     (tmp_path / "mmva-model.json").write_text("{}")
     service = Service(ServeSettings(work_dir=str(tmp_path / "work"), model_dir=str(tmp_path)))
     service.load_model()
-    assert not service.ready and "config.json" in service.model_error and str(tmp_path) in service.model_error
+    assert not service.ready and "not a safetensors file" in service.model_error
+    assert str(tmp_path / "model.safetensors") in service.model_error
     with pytest.raises(RequestError) as err:
         service.require_model()
     assert err.value.status == 503

@@ -21,7 +21,8 @@ _LAZY = {
     "Utterance": "mmva.types",
     "load_model": "mmva.model.checkpoint",
     "analyze": "mmva.analyze.pipeline",
-    "analyze_text": "mmva.model.default",
+    "analyze_text": "mmva.model.predictor",
+    "load_predictor": "mmva.model.predictor",
 }
 
 

@@ -7,8 +7,9 @@ The flow (pyannote's "Pipeline": I/O, segmentation, batching and a progress hook
 2. the media is processed in windows of a few minutes, each decoded once: its audio slice feeds
    the ASR and every utterance's voice input; frames streamed at a low rate (``iter_frames``) are
    assigned to the utterances they fall in. Memory is bounded by the window, not the file;
-3. the default model (text + voice + face) predicts each batch of utterances; absent modalities are
-   reported as absent, never guessed.
+3. the predictor (:mod:`mmva.model.predictor`: the default model, text + voice + face, or a
+   ``mmva train`` checkpoint) predicts each batch of utterances; absent modalities are reported as
+   absent, never guessed. A checkpoint decodes each utterance's span itself, exactly as in training.
 """
 
 from __future__ import annotations
@@ -91,8 +92,9 @@ def analyze(source: str, *, subtitles: str | None = None, asr_model: str | None 
 
     ``subtitles`` segments by that .srt/.vtt instead of speech recognition; ``asr_model`` is a
     faster-whisper model folder or name (default: the offline Whisper tiny.en); ``progress(stage,
-    fraction)`` is called as work advances; ``model`` overrides the default model (anything with
-    the ``DefaultModel.predict`` signature).
+    fraction)`` is called as work advances; ``model`` is the model to run instead of the shipped
+    default: a path or ``s3://`` URI of a ``mmva train`` checkpoint, a default-model folder or a
+    ``model.tar.gz``, or a predictor object (:func:`mmva.model.predictor.load_predictor`).
 
     >>> t = analyze("talk.mp4")                                  # doctest: +SKIP
     >>> [(u.start_time, u.text, u.emotions[0]["label"]) for u in t.utterances][:1]   # doctest: +SKIP
@@ -100,7 +102,7 @@ def analyze(source: str, *, subtitles: str | None = None, asr_model: str | None 
     """
     opts = options or AnalyzeOptions()
     stages = _Stages(progress)
-    predictor = model if model is not None else _default_model(device)
+    predictor = _load_predictor(model, device)
     kind = input_kind(source)
     if kind != "media":
         utts = read_transcript(source) if kind == "transcript" else read_subtitles(source)
@@ -128,14 +130,12 @@ def _warm_up(predictor: Any) -> None:
         log.debug("model warm-up failed: %s", exc)
 
 
-def _default_model(device: str) -> Any:
-    from mmva.model.default import load_default_model
+def _load_predictor(model: Any, device: str) -> Any:
+    if model is not None and not isinstance(model, (str, Path)):
+        return model  # a predictor object
+    from mmva.model.predictor import load_predictor
 
-    predictor = load_default_model()
-    dev = asr_mod.resolve_device(device)
-    if dev != "cpu" and hasattr(predictor, "to"):
-        predictor.to(dev)
-    return predictor
+    return load_predictor(model, asr_mod.resolve_device(device))
 
 
 def _model_info(predictor: Any) -> dict[str, Any]:
@@ -185,6 +185,8 @@ def _analyze_media(path: str, subtitles: str | None, asr_model: str | None, devi
         asr = stages.run("load asr", 0.0, lambda: asr_mod.load_asr(asr_model, asr_mod.resolve_device(device)))
         timeline.model["asr"] = asr_mod.asr_name(asr)
     history: list[str] = []
+    # A predictor that decodes its utterances itself (a checkpoint, as in training) needs no frames.
+    own_media = bool(getattr(predictor, "decodes_media", False))
     windows = (_asr_windows(path, info.duration, asr, opts, stages) if asr is not None
                else _known_windows(path, known or [], info.has_audio, info.duration, opts, stages))
     for utts, chunk, t0 in windows:
@@ -192,9 +194,11 @@ def _analyze_media(path: str, subtitles: str | None, asr_model: str | None, devi
             continue
         frac = (utts[-1].end_time or 0.0) / info.duration if info.duration else 0.0
         frames = (stages.run("frames", frac, lambda: _collect_frames(path, utts, opts, timeline.problems))
-                  if info.has_video else [None] * len(utts))
-        audio = [_slice(chunk, t0, u) for u in utts] if chunk is not None else [None] * len(utts)
-        _predict(predictor, utts, audio, frames, opts, top_k, stages, frac, history)
+                  if info.has_video and not own_media else [None] * len(utts))
+        audio = ([_slice(chunk, t0, u) for u in utts] if chunk is not None and not own_media
+                 else [None] * len(utts))
+        sources = [_span(path, u, info.duration) for u in utts]
+        _predict(predictor, utts, audio, frames, opts, top_k, stages, frac, history, sources)
         for u in utts:  # the window's audio and frames are dropped here; the results stay
             u.path = path
         timeline.utterances.extend(utts)
@@ -282,6 +286,14 @@ def _known_windows(path: str, utts: list[Utterance], has_audio: bool, duration: 
         i = j
 
 
+def _span(path: str, u: Utterance, duration: float) -> tuple[str, float | None, float | None]:
+    """The utterance's media span; None where it reaches the start or the end of the file, so an
+    utterance covering a whole clip is decoded exactly as training decodes a whole clip."""
+    start = u.start_time if u.start_time and u.start_time > 0 else None
+    end = u.end_time if u.end_time is not None and (duration <= 0 or u.end_time < duration) else None
+    return path, start, end
+
+
 def _slice(chunk: np.ndarray, t0: float, u: Utterance) -> np.ndarray | None:
     a = max(0, int(round(((u.start_time or 0.0) - t0) * SAMPLE_RATE)))
     b = min(len(chunk), int(round(((u.end_time or 0.0) - t0) * SAMPLE_RATE)))
@@ -350,7 +362,7 @@ def _collect_frames(path: str, utts: list[Utterance], opts: AnalyzeOptions,
 
 def _predict(predictor: Any, utts: list[Utterance], audio: list[np.ndarray | None],
              frames: list[np.ndarray | None], opts: AnalyzeOptions, top_k: int, stages: _Stages,
-             frac: float, history: list[str]) -> None:
+             frac: float, history: list[str], sources: list[Any] | None = None) -> None:
     """Run the model over one window's utterances and write the predictions into them."""
     contexts = []
     for u in utts:
@@ -363,7 +375,7 @@ def _predict(predictor: Any, utts: list[Utterance], audio: list[np.ndarray | Non
     # model batches internally by length).
     preds = stages.run("emotions", frac, lambda: predictor.predict(
         [u.text for u in utts], contexts=contexts, audio=audio, frames=frames,
-        sample_rate=SAMPLE_RATE, same_speaker=True))
+        sample_rate=SAMPLE_RATE, same_speaker=True, sources=sources))
     for u, p in zip(utts, preds):
         apply_prediction(u, p, top_k)
 

@@ -66,6 +66,9 @@ def analyze_cmd(
                                 help="Analyse the short talking video that ships with mmva (no network)."),
     regenerate: bool = typer.Option(False, "--regenerate",
                                     help="With --sample: make the sample anew (needs espeak-ng, scikit-image)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m",
+                                        help="A `mmva train` checkpoint (.safetensors), a default-model folder or "
+                                             "a model.tar.gz, local or s3:// (default: the shipped model)."),
 ) -> None:
     """Per-utterance emotion and sentiment timeline; writes NAME.mmva.json (and other formats)."""
     from mmva.analyze.writers import parse_formats
@@ -77,8 +80,25 @@ def analyze_cmd(
     if device not in DEVICES:
         raise typer.BadParameter(f"{device!r} is not one of {', '.join(DEVICES)}", param_hint="--device")
     with _errors_only(quiet):
+        predictor = _load_model(model, device)
         _analyze_files(list(paths or []), subtitles, formats, out, quiet, sample, regenerate,
-                       {"asr_model": asr_model, "device": device, "top_k": top_k})
+                       {"asr_model": asr_model, "device": device, "top_k": top_k, "model": predictor})
+
+
+def _load_model(model: str | None, device: str) -> Any:
+    """The predictor named by --model (None: the shipped model, loaded by the pipeline)."""
+    if model is None:
+        return None
+    from rich.text import Text
+
+    from mmva.analyze.asr import resolve_device
+    from mmva.model.predictor import load_predictor
+
+    try:
+        return load_predictor(model, resolve_device(device))
+    except (OSError, ValueError) as exc:  # a missing file, not a checkpoint, a bad archive: named
+        console.print(Text.assemble(("error: ", "red"), str(exc)), soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 @contextmanager

@@ -76,8 +76,9 @@ def deploy_cmd(
     role: str = typer.Option(..., help="IAM role ARN SageMaker assumes."),
     model_data: Optional[str] = typer.Option(None, help="s3:// URI of a model.tar.gz (from a training job)."),
     checkpoint: Optional[str] = typer.Option(
-        None, help="Or: a checkpoint or default-model folder to package and upload first."),
-    upload_to: Optional[str] = typer.Option(None, help="With --checkpoint: s3:// URI for model.tar.gz."),
+        None, "--model", "--checkpoint",
+        help="Or: a `mmva train` checkpoint or a default-model folder to package and upload first."),
+    upload_to: Optional[str] = typer.Option(None, help="With --model: s3:// URI for model.tar.gz."),
     name: Optional[str] = typer.Option(None, help="Model/endpoint name (default: mmva-<timestamp>)."),
     instance_type: str = typer.Option("ml.m5.xlarge"),
     instance_count: int = typer.Option(1),
@@ -94,18 +95,11 @@ def deploy_cmd(
     from mmva.cloud.sagemaker import DeploySpec, deploy_requests, unique_name
 
     if bool(model_data) == bool(checkpoint):
-        raise typer.BadParameter("give exactly one of --model-data and --checkpoint")
+        raise typer.BadParameter("give exactly one of --model-data and --model")
     if checkpoint:
         if not upload_to:
-            raise typer.BadParameter("--checkpoint needs --upload-to s3://.../model.tar.gz")
-        from mmva.cloud.package import is_default_model_dir
-
-        if not is_default_model_dir(checkpoint):
-            # `mmva serve` (the container's entry point) loads default-model folders only for now.
-            console.print(f"[yellow]warning:[/] {checkpoint} is a `mmva train` checkpoint; the mmva serving "
-                          "container loads a default-model folder (config.json + text_model.safetensors, e.g. "
-                          "from `mmva train-text` or `--recipe text`), so this endpoint will not pass /ping "
-                          "unless its image serves checkpoints")
+            raise typer.BadParameter("--model needs --upload-to s3://.../model.tar.gz")
+        # The serving container (`mmva serve` on /opt/ml/model) loads a checkpoint or a default model.
         if not dry_run:
             package_model(checkpoint, upload_to)
             console.print(f"uploaded {escape(upload_to)}")

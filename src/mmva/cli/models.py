@@ -53,9 +53,15 @@ def train_text_cmd(
 def analyze_text_cmd(
     texts: list[str] = typer.Argument(..., help="Sentences to score."),
     top_k: int = typer.Option(3, help="Emotions/sentiments listed per text."),
-    model: Optional[str] = typer.Option(None, help="Model folder (default: the one shipped with mmva)."),
+    model: Optional[str] = typer.Option(None, help="A `mmva train` checkpoint, a default-model folder or a "
+                                        "model.tar.gz, local or s3:// (default: the model shipped with mmva)."),
 ) -> None:
-    """Emotion and sentiment of sentences, with the default model (no media needed)."""
-    from mmva.model.default import analyze_text
+    """Emotion and sentiment of sentences, with the default model or --model (no media needed)."""
+    from mmva.model.predictor import analyze_text
 
-    typer.echo(json.dumps(analyze_text(texts, top_k=top_k, model=model), indent=2))
+    try:
+        results = analyze_text(texts, top_k=top_k, model=model)
+    except (OSError, ValueError) as exc:  # a missing file, not a checkpoint, a bad archive: named
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(results, indent=2))

@@ -13,8 +13,12 @@ from mmva.cli import app, console
 def serve_cmd(
     host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 in a container)."),
     port: int = typer.Option(8080, help="TCP port (SageMaker uses 8080)."),
+    model: Optional[str] = typer.Option(None, "--model", envvar="MMVA_MODEL",
+                                        help="A `mmva train` checkpoint, a default-model folder or a model.tar.gz, "
+                                             "local or s3:// (wins over --model-dir)."),
     model_dir: Optional[str] = typer.Option(None, "--model-dir", envvar="MMVA_MODEL_DIR",
-                                            help="Model folder (e.g. /opt/ml/model); empty or unset: the shipped default model."),
+                                            help="Model folder (e.g. /opt/ml/model: a checkpoint or default model "
+                                                 "unpacked from model.tar.gz); empty or unset: the shipped default model."),
     work_dir: Optional[str] = typer.Option(None, "--work-dir", envvar="MMVA_SERVE_DIR",
                                            help="Where jobs and uploads are kept (default: a folder in the system temp dir)."),
     workers: int = typer.Option(2, help="Analysis worker threads (media requests and jobs run on these)."),
@@ -39,7 +43,7 @@ def serve_cmd(
 
     limits = Limits(max_upload_mb=max_upload_mb, request_timeout_s=request_timeout, job_timeout_s=job_timeout,
                     upload_timeout_s=upload_timeout)
-    settings = ServeSettings(model_dir=model_dir, work_dir=work_dir or default_work_dir(), workers=workers,
+    settings = ServeSettings(model=model, model_dir=model_dir, work_dir=work_dir or default_work_dir(), workers=workers,
                              max_queue=max_queue, api_key=api_key or None, top_k=top_k, asr_model=asr_model,
                              keep_hours=keep_hours, limits=limits)
     from rich.markup import escape

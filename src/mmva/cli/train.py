@@ -69,7 +69,9 @@ def train_cmd(
 
 @app.command("evaluate")
 def evaluate_cmd(
-    checkpoint: str = typer.Option(..., "--checkpoint", help="A .safetensors checkpoint written by mmva train."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "--model",
+                                             help="A .safetensors checkpoint written by mmva train (local or "
+                                                  "s3://), or a folder or model.tar.gz holding one."),
     data: str = typer.Option(..., "--data", help="Corpus folder or manifest (local or s3://)."),
     split: str = typer.Option("dev", "--split", help="Split to evaluate."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Write the metrics JSON here."),
@@ -82,6 +84,8 @@ def evaluate_cmd(
     from mmva.model.checkpoint import CheckpointError
     from mmva.train.evaluate import evaluate, metrics_table, per_class_table
 
+    if not checkpoint:
+        raise typer.BadParameter("give the model to score", param_hint="--model / --checkpoint")
     try:
         result = evaluate(checkpoint, data, split, out, drop=drop, predictions=predictions, cache_dir=cache_dir)
     except (CheckpointError, FileNotFoundError, ValueError) as exc:

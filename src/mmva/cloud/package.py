@@ -5,8 +5,11 @@ travel this way, both flat (no top folder) with a manifest ``mmva-model.json``:
 
 - ``default-model``: the folder format of mmva's shipped default model (``config.json``,
   ``text_model.safetensors``, ...), written by ``mmva train-text --install`` or by the SageMaker
-  entry point's ``recipe=text``. This is what ``mmva serve`` (the container's ``serve``) loads.
+  entry point's ``recipe=text``.
 - ``checkpoint``: one ``model.safetensors`` written by ``mmva train`` (the multimodal model).
+
+``mmva serve`` (the container's ``serve``) loads either kind from ``/opt/ml/model`` through
+:func:`mmva.model.predictor.load_predictor`.
 
 The manifest: ``{"format": "mmva-model", "kind", "checkpoint" (checkpoint kind), "mmva_version",
 "config_name", "metrics"}``. :func:`write_model_dir` lays a folder out (the entry point writes

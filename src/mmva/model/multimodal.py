@@ -21,8 +21,12 @@ from mmva.labels import EMOTIONS, MODALITIES, SENTIMENTS
 log = logging.getLogger("mmva")
 
 
-def build_encoders(model: ModelConfig, data: Any | None = None) -> dict[str, Encoder]:
-    """Create the configured encoder of each modality (options from the data config + overrides)."""
+def build_encoders(model: ModelConfig, data: Any | None = None, pretrained: bool = True) -> dict[str, Encoder]:
+    """Create the configured encoder of each modality (options from the data config + overrides).
+
+    ``pretrained=False`` builds the architectures without fetching pretrained weights (for a
+    checkpoint, whose weights replace them: see :meth:`Encoder.untrained_options`).
+    """
     from mmva.config import DataConfig
 
     data = data or DataConfig()
@@ -35,6 +39,8 @@ def build_encoders(model: ModelConfig, data: Any | None = None) -> dict[str, Enc
         if cls.modality != modality:
             raise ValueError(f"encoder {name!r} is a {cls.modality} encoder, configured for {modality}")
         options = {**cls.options_from_data(data), **model.encoder_options.get(name, {})}
+        if not pretrained:
+            options = cls.untrained_options(options)
         enc = create_encoder(name, **options)
         if getattr(model, f"freeze_{modality}"):
             enc.freeze()
@@ -54,7 +60,7 @@ class MultimodalSentimentAnalyzer(nn.Module):
     """
 
     def __init__(self, config: ModelConfig | Config | None = None, *, data: Any | None = None,
-                 encoders: dict[str, Encoder] | None = None) -> None:
+                 encoders: dict[str, Encoder] | None = None, pretrained: bool = True) -> None:
         super().__init__()
         # A whole run Config (e.g. from a checkpoint) is kept as `.config`; the model part drives the
         # architecture as `.model_config`.
@@ -65,7 +71,7 @@ class MultimodalSentimentAnalyzer(nn.Module):
             cfg = config or ModelConfig()
         self.config: ModelConfig | Config = config if isinstance(config, Config) else cfg
         self.model_config = cfg
-        encs = encoders if encoders is not None else build_encoders(cfg, data)
+        encs = encoders if encoders is not None else build_encoders(cfg, data, pretrained=pretrained)
         self.modalities = [m for m in MODALITIES if m in encs]
         if not self.modalities:
             raise ValueError("a model needs at least one modality")

@@ -58,6 +58,8 @@ class ServeSettings:
     """How the service runs. ``workers`` are analysis threads (one uvicorn process holds the model)."""
 
     model_dir: str | None = None  # None or an empty folder: the default model shipped with mmva
+    # A `mmva train` checkpoint, default-model folder or model.tar.gz (local or s3://); wins over model_dir.
+    model: str | None = None
     work_dir: str = field(default_factory=default_work_dir)  # jobs/ and uploads/ live here
     workers: int = 2
     max_queue: int = 8  # jobs waiting beyond the busy workers before 429/503
@@ -98,10 +100,10 @@ class Service:
         """Load the model once (in a thread at start-up, so /ping can say 503 meanwhile)."""
         started = time.perf_counter()
         try:
-            from mmva.model.default import load_default_model
+            from mmva.model.predictor import load_predictor
 
-            self.model_path = _model_path(self.settings.model_dir)
-            self.model = load_default_model(self.model_path)
+            self.model_path = self.settings.model or _model_path(self.settings.model_dir)
+            self.model = load_predictor(self.model_path)
             self.model_info = dict(self.model.describe())
             log.info("model loaded from %s in %.1f s", self.model_path or "the package",
                      time.perf_counter() - started)
@@ -149,15 +151,15 @@ class Service:
         return out
 
     def analyze_texts(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Answer a ``{"text": ...}`` request through :func:`mmva.model.default.analyze_text`.
+        """Answer a ``{"text": ...}`` request through :func:`mmva.model.predictor.analyze_text`.
 
         The reply has the analyze JSON's shape (a timeline of text-only utterances, no times).
         """
         from mmva.analyze.timeline import Timeline, utterance_from_dict
-        from mmva.model.default import analyze_text
+        from mmva.model.predictor import analyze_text
 
         texts, contexts, top_k = _text_request(body, self.settings.top_k)
-        results = analyze_text(texts, top_k=top_k, contexts=contexts, model=self.model_path)
+        results = analyze_text(texts, top_k=top_k, contexts=contexts, model=self.model)
         timeline = Timeline(source="text", utterances=[utterance_from_dict(r) for r in results],
                             segmentation="text", model=dict(self.model_info))
         return timeline.to_dict()
@@ -218,7 +220,8 @@ class Service:
 
 
 def _model_path(model_dir: str | None) -> str | None:
-    """The default-model folder to load, or None for the one shipped with mmva.
+    """The model folder to load (a default-model folder, or a checkpoint with its ``mmva-model.json``
+    as unpacked from ``model.tar.gz``), or None for the model shipped with mmva.
 
     SageMaker always mounts /opt/ml/model; an empty one means "use the shipped default model".
     """
@@ -227,13 +230,9 @@ def _model_path(model_dir: str | None) -> str | None:
     folder = Path(model_dir)
     if not folder.is_dir():
         raise FileNotFoundError(f"model directory {model_dir} does not exist")
-    if (folder / "config.json").is_file():
-        return str(folder)
     if not any(folder.iterdir()):
         return None
-    raise ValueError(f"{model_dir} holds no default-model config.json (found: "
-                     f"{', '.join(sorted(p.name for p in folder.iterdir())[:5])}); the server analyzes with "
-                     "the default model format written by `mmva train-text --install DIR`")
+    return str(folder)
 
 
 def _clear_folder(folder: Path) -> None:

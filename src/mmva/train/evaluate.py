@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from functools import partial
+from pathlib import Path
 from typing import Any, Iterable
 
 import torch
@@ -51,10 +52,27 @@ def _predict(model: Any, loader: DataLoader, drop: frozenset[str], report: Any) 
     return rows
 
 
+def _load_checkpoint(spec: str) -> Any:
+    """A checkpoint file as is; a folder or model.tar.gz through the --model resolver."""
+    from mmva.model.checkpoint import CheckpointError
+    from mmva.model.predictor import resolve_model
+
+    if spec.endswith(".safetensors") or (not storage.is_remote(spec) and not Path(spec).is_dir()
+                                         and not spec.endswith((".tar.gz", ".tgz"))):
+        return load_model(spec)
+    kind, path = resolve_model(spec)
+    if kind != "checkpoint":
+        raise CheckpointError(spec, "a default-model folder; evaluate scores checkpoints written by `mmva train`")
+    return load_model(path)
+
+
 def evaluate(checkpoint: str, data: str, split: str = "dev", out: str | None = None, *,
              drop: Iterable[str] = (), batch_size: int | None = None, num_workers: int | None = None,
              cache_dir: str | None = None, predictions: str | None = None) -> dict[str, Any]:
     """Metrics of ``checkpoint`` on split ``split`` of corpus ``data``; written as JSON to ``out``.
+
+    ``checkpoint`` is a ``.safetensors`` file of ``mmva train`` (local or ``s3://``), or a folder or
+    ``model.tar.gz`` holding one (what ``--model`` accepts elsewhere).
 
     ``drop`` removes modalities (not decoded, masked as absent); ``cache_dir`` reads frozen-encoder
     features from a feature cache when they are there; ``predictions`` writes per-utterance
@@ -70,7 +88,7 @@ def evaluate(checkpoint: str, data: str, split: str = "dev", out: str | None = N
     if unknown:
         raise ValueError(f"cannot drop {', '.join(sorted(unknown))}: modalities are {', '.join(MODALITIES)}")
     started = time.perf_counter()
-    model = load_model(checkpoint)
+    model = _load_checkpoint(str(checkpoint))
     config = model.config
     corpus = load_corpus(data, split)
     report = SkipReport()
