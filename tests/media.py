@@ -179,3 +179,18 @@ def write_with_subtitles(path: str | os.PathLike, frames: np.ndarray, cues: Sequ
                 packet.stream = ss
                 out.mux(packet)
     return path
+
+
+def faststart(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Remux an MP4 with its index (``moov``) first, as streaming sites serve it: a copy cut short
+    then still opens, and plays up to the cut."""
+    import av
+
+    with av.open(str(src)) as inp, av.open(str(dst), "w", format="mp4", options={"movflags": "faststart"}) as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in inp.streams if s.type in ("audio", "video")}
+        for packet in inp.demux():
+            if packet.dts is None or packet.stream.index not in streams:
+                continue
+            packet.stream = streams[packet.stream.index]
+            out.mux(packet)
+    return Path(dst)

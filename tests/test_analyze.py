@@ -322,3 +322,41 @@ def test_plain_text_transcripts_keep_angle_brackets(tmp_path):
     txt.write_text("x < 5 and y > 2 makes me happy\n  <b>not a tag</b>   here \n")
     timeline = analyze(str(txt))
     assert [u.text for u in timeline.utterances] == ["x < 5 and y > 2 makes me happy", "<b>not a tag</b> here"]
+
+
+def test_truncated_fast_start_mp4_names_the_part_not_analysed(media, tmp_path):
+    from tests.media import faststart, truncate
+
+    whole = faststart(media["talk"], tmp_path / "whole.mp4")
+    cut = truncate(whole, tmp_path / "cut.mp4", 0.5)
+    timeline = analyze(str(cut))
+    assert timeline.duration == pytest.approx(media["duration"], abs=0.2)  # the index still says the whole length
+    problem = next(p for p in timeline.problems if p.startswith("audio ends at"))
+    end = float(problem.split()[3])
+    assert 1.0 < end < media["duration"] - 1.0
+    assert f"{end:.1f}-{timeline.duration:.1f} s not analysed" in problem
+    assert all(u.end_time <= end + 0.1 for u in timeline.utterances)
+    assert not any(p.startswith("audio ends") for p in analyze(str(whole)).problems)
+
+
+def test_bad_subtitle_cues_are_named_not_dropped_silently(media, tmp_path):
+    srt = tmp_path / "cues.srt"
+    duration = media["duration"]
+    srt.write_text("1\n00:00:00,600 --> 00:00:02,000\nI am so happy to see you today\n\n"
+                   "2\n-00:00:01,000 --> 00:00:02,000\nbefore the start\n\n"
+                   "3\n00:00:05,000 --> 00:00:04,000\nbackwards\n\n"
+                   f"4\n00:00:0{int(duration) - 1},000 --> 00:01:40,000\nruns past the end\n\n"
+                   "5\n00:01:50,000 --> 00:01:55,000\nafter the end\n")
+    timeline = analyze(str(media["talk"]), subtitles=str(srt))
+    assert [u.text for u in timeline.utterances] == ["I am so happy to see you today", "runs past the end"]
+    assert timeline.utterances[-1].end_time == pytest.approx(duration, abs=0.05)
+    text = "\n".join(timeline.problems)
+    assert "subtitle cue -00:00:01,000 --> 00:00:02,000 ('before the start') has a negative time; skipped" in text
+    assert "subtitle cue 00:00:05.000-00:00:04.000 ('backwards') ends before it starts; skipped" in text
+    assert "subtitle cue 00:01:50.000-00:01:55.000 ('after the end') starts after the media ends" in text
+    assert "('runs past the end') runs past the media's end; cut at" in text
+    # the same cues alone (no media): the bad ones are named too, and on screen
+    result = CliRunner().invoke(app, ["analyze", str(srt), "-o", str(tmp_path / "out")])
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 0 and "note:" in flat and "has a negative time; skipped" in flat
+    assert "('backwards') ends before it starts; skipped" in flat

@@ -91,3 +91,41 @@ def test_commands_that_report_success_print_odd_paths(odd, tmp_path):
     result = _run("check-data", str(manifest), "--split", "dev [/s]")
     assert result.exit_code == 0, result.output
     assert "missing [q].mp4" in _flat(result.output) and "dev [/s]" in result.output
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+# Text with markup look-alikes, brackets, quotes, formula starts, controls and any Unicode.
+ODD_TEXT = st.lists(st.one_of(st.sampled_from(list("[]/\\=+-@\t\r\n<>&\"',;:") + ["[/x]", "[bold]", "[/]", "[link=x]"]),
+                              st.characters(blacklist_categories=("Cs",))), max_size=30).map("".join)
+
+
+@settings(max_examples=150, deadline=None)
+@given(source=ODD_TEXT, text=ODD_TEXT, problem=ODD_TEXT)
+def test_any_text_prints_verbatim_and_writes_safely(source, text, problem):
+    import csv
+    import io
+
+    from rich.console import Console
+
+    from mmva.analyze.timeline import Timeline
+    from mmva.analyze.writers import get_writer
+    from mmva.cli.analyze import timeline_table
+    from mmva.types import Utterance
+
+    timeline = Timeline(source=source, utterances=[Utterance(text=text, start_time=0.0, end_time=1.0)],
+                        problems=[problem])
+    console = Console(file=io.StringIO(), width=10_000, color_system=None)
+    console.print(timeline_table(timeline))  # never a MarkupError
+    shown = console.file.getvalue()
+    words = " ".join(text.split())
+    if words and text.isprintable():  # (Rich expands tabs and drops control characters)
+        assert words in " ".join(shown.split())  # every bracket survives
+    rows = list(csv.DictReader(io.StringIO(get_writer("csv").to_string(timeline), newline="")))
+    assert len(rows) == 1 and rows[0]["text"] in (text, "'" + text)
+    assert not rows[0]["text"].startswith(("=", "+", "-", "@", "\t", "\r"))
+    html = get_writer("html").to_string(timeline)
+    tag = "<" + text.split("<", 1)[1] if "<" in text else ""
+    if tag[1:2].isalpha():
+        assert tag not in html  # escaped: never a tag in the report

@@ -105,9 +105,10 @@ def analyze(source: str, *, subtitles: str | None = None, asr_model: str | None 
     predictor = _load_predictor(model, device)
     kind = input_kind(source)
     if kind != "media":
-        utts = read_transcript(source) if kind == "transcript" else read_subtitles(source)
+        problems: list[str] = []
+        utts = read_transcript(source) if kind == "transcript" else read_subtitles(source, problems)
         end = max((u.end_time or 0.0 for u in utts), default=None) if kind == "subtitles" else None
-        timeline = Timeline(source=str(source), segmentation=kind, duration=end)
+        timeline = Timeline(source=str(source), segmentation=kind, duration=end, problems=problems)
         _predict(predictor, utts, [None] * len(utts), [None] * len(utts), opts, top_k, stages, 0.0, [])
         timeline.utterances = utts
     else:
@@ -169,12 +170,14 @@ def _analyze_media(path: str, subtitles: str | None, asr_model: str | None, devi
     known: list[Utterance] | None = None
     sub_file = subtitles or sidecar_subtitles(path)
     if sub_file:
-        known, timeline.segmentation = read_subtitles(sub_file), "subtitles"
+        known, timeline.segmentation = read_subtitles(sub_file, timeline.problems), "subtitles"
         timeline.media["subtitles"] = sub_file
     elif info.n_subtitle_streams:
         cues = stages.run("subtitles", 0.0, lambda: read_subtitles_stream(path))
         if cues:
-            known, timeline.segmentation = cues_to_utterances(cues), "embedded-subtitles"
+            known, timeline.segmentation = cues_to_utterances(cues, timeline.problems), "embedded-subtitles"
+    if known is not None and info.duration:
+        known = _within_media(known, info.duration, timeline.problems)
     if known is None and not info.has_audio:
         known, timeline.segmentation = fixed_windows(info.duration, opts.segment.window), "windows"
         timeline.problems.append(f"no audio and no subtitles: face-only analysis of "
@@ -187,8 +190,10 @@ def _analyze_media(path: str, subtitles: str | None, asr_model: str | None, devi
     history: list[str] = []
     # A predictor that decodes its utterances itself (a checkpoint, as in training) needs no frames.
     own_media = bool(getattr(predictor, "decodes_media", False))
-    windows = (_asr_windows(path, info.duration, asr, opts, stages) if asr is not None
-               else _known_windows(path, known or [], info.has_audio, info.duration, opts, stages))
+    # How far the audio could be decoded: a truncated file ends before the duration it declares.
+    reach = [0.0] if asr is not None else [info.duration or 0.0]
+    windows = (_asr_windows(path, info.duration, asr, opts, stages, reach) if asr is not None
+               else _known_windows(path, known or [], info.has_audio, info.duration, opts, stages, reach))
     for utts, chunk, t0 in windows:
         if not utts:
             continue
@@ -202,7 +207,30 @@ def _analyze_media(path: str, subtitles: str | None, asr_model: str | None, devi
         for u in utts:  # the window's audio and frames are dropped here; the results stay
             u.path = path
         timeline.utterances.extend(utts)
+    if info.has_audio and info.duration and reach[0] < info.duration - 1.0:
+        timeline.problems.append(f"audio ends at {reach[0]:.1f} s of the {info.duration:.1f} s the file declares "
+                                 f"(truncated or damaged): {reach[0]:.1f}-{info.duration:.1f} s not analysed")
     return timeline
+
+
+def _within_media(utts: list[Utterance], duration: float, problems: list[str]) -> list[Utterance]:
+    """Cues inside the media; one starting after its end is skipped, one running past it is cut,
+    each named in ``problems``."""
+    from mmva.analyze.subtitles import cue_span
+
+    kept = []
+    for u in utts:
+        start, end = u.start_time or 0.0, u.end_time or 0.0
+        if start >= duration:
+            problems.append(f"subtitle cue {cue_span(start, end, u.text)} starts after the media ends "
+                            f"({duration:.3f} s); skipped")
+            continue
+        if end > duration + 0.5:
+            problems.append(f"subtitle cue {cue_span(start, end, u.text)} runs past the media's end; "
+                            f"cut at {duration:.3f} s")
+            u.end_time = round(duration, 3)
+        kept.append(u)
+    return kept
 
 
 def _read_audio(path: str, start: float, end: float | None,
@@ -217,8 +245,8 @@ def _read_audio(path: str, start: float, end: float | None,
         return None
 
 
-def _asr_windows(path: str, duration: float, asr: Any, opts: AnalyzeOptions,
-                 stages: _Stages) -> Iterator[tuple[list[Utterance], np.ndarray | None, float]]:
+def _asr_windows(path: str, duration: float, asr: Any, opts: AnalyzeOptions, stages: _Stages,
+                 reach: list[float]) -> Iterator[tuple[list[Utterance], np.ndarray | None, float]]:
     """Yield (utterances, audio chunk, chunk start) window by window, cutting windows at pauses."""
     t0 = 0.0
     while duration <= 0 or t0 < duration - 0.05:
@@ -228,6 +256,7 @@ def _asr_windows(path: str, duration: float, asr: Any, opts: AnalyzeOptions,
         chunk = stages.run("audio", frac, lambda: _read_audio(path, t0, end))
         if chunk is None or chunk.size == 0:
             return
+        reach[0] = max(reach[0], t0 + len(chunk) / SAMPLE_RATE)
         regions = stages.run("vad", frac, lambda: asr_mod.speech_regions(chunk, opts.vad))
         cut = len(chunk) / SAMPLE_RATE
         if end is not None:  # not the last window: stop at a pause near the window's nominal end
@@ -265,7 +294,7 @@ def _cut_point(chunk: np.ndarray, regions: list[tuple[float, float]], window: fl
 
 
 def _known_windows(path: str, utts: list[Utterance], has_audio: bool, duration: float, opts: AnalyzeOptions,
-                   stages: _Stages) -> Iterator[tuple[list[Utterance], np.ndarray | None, float]]:
+                   stages: _Stages, reach: list[float]) -> Iterator[tuple[list[Utterance], np.ndarray | None, float]]:
     """Group known utterances (subtitles, windows) into spans of about ``opts.window`` seconds."""
     utts = [u for u in utts if duration <= 0 or (u.start_time or 0.0) < duration]
     i = 0
@@ -282,6 +311,9 @@ def _known_windows(path: str, utts: list[Utterance], has_audio: bool, duration: 
         if has_audio:
             frac = start / duration if duration else 0.0
             chunk = stages.run("audio", frac, lambda: _read_audio(path, start, end))
+            got = start + (len(chunk) / SAMPLE_RATE if chunk is not None else 0.0)
+            if got < end - 1.0:  # a short read: the file ends there
+                reach[0] = min(reach[0], got)
         yield group, chunk, start
         i = j
 

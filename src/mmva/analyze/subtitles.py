@@ -29,19 +29,46 @@ def clean_text(text: str) -> str:
     return " ".join(_TAG.sub("", text).split())
 
 
-def cues_to_utterances(cues: list[tuple[float, float, str]]) -> list[Utterance]:
-    """``[(start, end, text)]`` -> utterances sorted by time; empty cues are dropped."""
+def cues_to_utterances(cues: list[tuple[float, float, str]], problems: list[str] | None = None,
+                       source: str = "") -> list[Utterance]:
+    """``[(start, end, text)]`` -> utterances sorted by time; empty cues are dropped, and a cue
+    ending before it starts is skipped and named in ``problems`` (with ``source``, its file)."""
     out = []
     for start, end, text in sorted(cues, key=lambda c: (c[0], c[1])):
         text = clean_text(text)
-        if not text or end <= start:
+        if not text:
+            continue
+        if end <= start:
+            note(problems, f"{source + ': ' if source else ''}subtitle cue {cue_span(start, end, text)} "
+                           f"ends before it starts; skipped")
             continue
         out.append(Utterance(text=text, start_time=round(float(start), 3), end_time=round(float(end), 3)))
     return out
 
 
-def read_subtitles(path: str) -> list[Utterance]:
-    """Utterances of an .srt/.vtt/.ass file (local path or URI).
+def cue_span(start: float, end: float, text: str) -> str:
+    """``00:00:05.000-00:00:04.000 ('the words')``: how problems name a cue."""
+    short = text if len(text) <= 40 else text[:37] + "..."
+    return f"{_clock(start)}-{_clock(end)} ({short!r})"
+
+
+def _clock(t: float) -> str:
+    sign, t = ("-" if t < 0 else ""), abs(t)
+    return f"{sign}{int(t // 3600):02d}:{int(t % 3600 // 60):02d}:{t % 60:06.3f}"
+
+
+def note(problems: list[str] | None, message: str) -> None:
+    if problems is not None:
+        problems.append(message)
+
+
+# A time with a minus sign (pysubs2 reads "-00:00:01,000" as +1 s without a word).
+_NEGATIVE_TIME = re.compile(r"(^|-->)\s*-\s*\d")
+
+
+def read_subtitles(path: str, problems: list[str] | None = None) -> list[Utterance]:
+    """Utterances of an .srt/.vtt/.ass file (local path or URI); cues skipped for a negative time
+    or an end before the start are named in ``problems``.
 
     >>> import tempfile, os
     >>> p = os.path.join(tempfile.mkdtemp(), "a.srt")
@@ -61,8 +88,16 @@ def read_subtitles(path: str) -> list[Utterance]:
         subs = pysubs2.SSAFile.from_string(text, format_=fmt)
     except Exception as exc:  # pysubs2 raises several types for malformed files
         raise SubtitleError(f"{path}: not a readable subtitle file ({exc})") from exc
-    cues = [(ev.start / 1000.0, ev.end / 1000.0, ev.plaintext) for ev in subs if not ev.is_comment]
-    utts = cues_to_utterances(cues)
+    events = [ev for ev in subs if not ev.is_comment]
+    timings = [line.strip() for line in text.splitlines() if "-->" in line] if fmt in ("srt", "vtt") else []
+    cues = []
+    for i, ev in enumerate(events):
+        if len(timings) == len(events) and _NEGATIVE_TIME.search(timings[i]):
+            note(problems, f"{path}: subtitle cue {timings[i]} ({clean_text(ev.plaintext)[:40]!r}) has a negative "
+                           f"time; skipped")
+            continue
+        cues.append((ev.start / 1000.0, ev.end / 1000.0, ev.plaintext))
+    utts = cues_to_utterances(cues, problems, path)
     if not utts and text.strip():
         raise SubtitleError(f"{path}: no subtitle cues found")
     return utts
