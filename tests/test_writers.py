@@ -240,3 +240,21 @@ def test_html_report_renders_offline_in_a_real_browser(timeline, tmp_path):
         assert "interview.mp4" in driver.title
     finally:
         driver.quit()
+
+
+def test_a_rewritten_output_keeps_its_permissions(timeline, tmp_path):
+    import os
+    import stat
+
+    path = Path(write_outputs(timeline, str(tmp_path), ["json"])[0])
+    os.chmod(path, 0o640)  # the user restricted who may read the results
+    write_outputs(timeline, str(tmp_path), ["json"])
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    fresh = Path(write_outputs(timeline, str(tmp_path / "new"), ["json"])[0])
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    from mmva.io.storage import _UMASK
+
+    return _UMASK

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import posixpath
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
@@ -140,7 +141,11 @@ def write_atomic(uri: str | os.PathLike, write: Callable[[str], None], fsync: bo
         if fsync:
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
+        try:  # a rewrite keeps the file's permissions; a new file gets the usual ones (mkstemp makes 0600)
+            mode = stat.S_IMODE(os.stat(target).st_mode)
+        except OSError:
+            mode = 0o666 & ~_UMASK
+        os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
