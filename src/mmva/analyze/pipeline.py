@@ -320,9 +320,10 @@ def _known_windows(path: str, utts: list[Utterance], has_audio: bool, duration: 
 
 def _span(path: str, u: Utterance, duration: float) -> tuple[str, float | None, float | None]:
     """The utterance's media span; None where it reaches the start or the end of the file, so an
-    utterance covering a whole clip is decoded exactly as training decodes a whole clip."""
+    utterance covering a whole clip is decoded exactly as training decodes a whole clip (a cue cut
+    at the media's end is rounded to the millisecond: within 1 ms counts as the end)."""
     start = u.start_time if u.start_time and u.start_time > 0 else None
-    end = u.end_time if u.end_time is not None and (duration <= 0 or u.end_time < duration) else None
+    end = u.end_time if u.end_time is not None and (duration <= 0 or u.end_time < duration - 1e-3) else None
     return path, start, end
 
 
