@@ -257,8 +257,9 @@ def crop_face(grey: np.ndarray, box: Box, margin: float = 0.1, size: int = INPUT
     return cv2.resize(crop, (size, size), interpolation=interp)
 
 
-def face_crops(frames: np.ndarray, cfg: DetectorConfig = DetectorConfig()) -> tuple[np.ndarray, list[Box | None]]:
-    """Main-face crops ``(t, 64, 64)`` uint8 (zeros where no face) and the box per frame."""
+def face_crops(frames: np.ndarray, cfg: DetectorConfig = DetectorConfig(), *, size: int = INPUT_SIZE,
+               margin: float | None = None) -> tuple[np.ndarray, list[Box | None]]:
+    """Main-face crops ``(t, size, size)`` uint8 (zeros where no face) and the box per frame."""
     greys = [cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in frames]
     per_frame: list[list[Box]] = []
     last: Box | None = None
@@ -269,10 +270,10 @@ def face_crops(frames: np.ndarray, cfg: DetectorConfig = DetectorConfig()) -> tu
         per_frame.append(found)
         last = (max(found, key=lambda b: _iou(b, last)) if last is not None else found[0]) if found else None
     boxes = follow_main_face(per_frame)
-    crops = np.zeros((len(greys), INPUT_SIZE, INPUT_SIZE), np.uint8)
+    crops = np.zeros((len(greys), size, size), np.uint8)
     for i, (g, b) in enumerate(zip(greys, boxes)):
         if b is not None:
-            crops[i] = crop_face(g, b, cfg.margin)
+            crops[i] = crop_face(g, b, cfg.margin if margin is None else margin, size)
     return crops, boxes
 
 
@@ -289,7 +290,7 @@ class FaceResult:
     """The main face of a stretch of video: mean probabilities (MELD order) and embedding."""
 
     probs: np.ndarray  # (7,) MELD order, sums to 1
-    embedding: np.ndarray  # (128,)
+    embedding: np.ndarray  # (d,): 256 for the shipped head, 128 for the fer mini-Xception
     n_frames_with_face: int
     boxes: list[Box | None]  # per input frame: (x, y, w, h) or None
     frame_probs: np.ndarray = field(default_factory=lambda: np.zeros((0, 7), np.float32))  # (n_face, 7)
@@ -297,6 +298,71 @@ class FaceResult:
     def top(self) -> str:
         """The most probable emotion label."""
         return EMOTIONS[int(np.argmax(self.probs))]
+
+
+class FaceHead:
+    """A face-expression classifier on crops: MELD-ordered calibrated probabilities and an embedding.
+
+    The shipped head is mmva's own FER+-trained network (:mod:`mmva.encoders.face_net`,
+    ``assets/face/face.json``: temperature, crop framing, scores); a ``.safetensors`` of the ported
+    fer mini-Xception (``mini_xception_fer2013.safetensors``) still loads, uncalibrated, for
+    comparison and for checkpoints trained on its features.
+    """
+
+    def __init__(self, weights: str | Path | None = None) -> None:
+        import json
+
+        from safetensors import safe_open
+
+        path = Path(weights) if weights else default_head_path()
+        if not path.is_file():
+            raise WeightsNotFound(f"face-expression weights not found at {path}")
+        with safe_open(str(path), "pt") as fh:
+            kind = (fh.metadata() or {}).get("format", "")
+        self.source = str(path)
+        if kind == "mmva-face-net":
+            from safetensors.torch import load_file
+
+            from mmva.encoders.face_net import INPUT_SIZE as NET_SIZE, FaceNet
+
+            meta_path = path.parent / "face.json"
+            meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+            self.net: nn.Module = FaceNet()
+            self.net.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+            self.kind, self.size = "mmva-face-net", NET_SIZE
+            self.margin = float(meta.get("crop_margin", 0.02))
+            self.temperature = float(meta.get("temperature", 1.0))
+        else:
+            self.net, _ = load_mini_xception(path)
+            self.kind, self.size, self.margin, self.temperature = "fer-mini-xception", INPUT_SIZE, 0.1, 1.0
+        self.net.eval()
+        self._lock = threading.Lock()
+
+    @torch.no_grad()
+    def classify(self, crops: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 crops ``(n, size, size)`` -> (MELD probabilities (n, 7), embeddings (n, d))."""
+        with self._lock:
+            if self.kind == "mmva-face-net":
+                from mmva.encoders.face_net import to_meld
+
+                x = torch.from_numpy(crops).float().unsqueeze(1)
+                logits, emb = self.net(x)
+                logits2, _ = self.net(torch.flip(x, dims=[-1]))  # the mirror image: as in training's scores
+                probs = to_meld(torch.softmax((logits + logits2) / 2 / self.temperature, dim=-1))
+                return probs, emb
+            logits, emb = self.net(normalise_crops(crops))
+            return torch.softmax(logits, dim=-1)[:, list(FER_TO_MELD)], emb
+
+
+def default_head_path() -> Path:
+    """The shipped face head: mmva's FER+ network when present, else the fer mini-Xception port."""
+    own = Path(str(resources.files("mmva") / "assets" / "face" / "face_net.safetensors"))
+    return own if own.is_file() else default_weights_path()
+
+
+@lru_cache(maxsize=4)
+def shared_head(weights: str | None = None) -> FaceHead:
+    return FaceHead(weights)
 
 
 @lru_cache(maxsize=4)
@@ -319,12 +385,12 @@ def detect_and_classify(frames: np.ndarray, *, weights: str | None = None,
         frames = frames[None]
     if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
         raise ValueError(f"expected RGB frames (t, h, w, 3), got shape {frames.shape}")
-    crops, boxes = face_crops(frames, detector)
+    head = shared_head(str(weights) if weights else None)
+    crops, boxes = face_crops(frames, detector, size=head.size, margin=head.margin)
     has = np.array([b is not None for b in boxes])
     if not has.any():
         return None
-    logits, emb = _shared_net(weights)(normalise_crops(crops[has]))
-    probs = torch.softmax(logits, dim=-1)[:, list(FER_TO_MELD)]  # (n, 7) MELD order
+    probs, emb = head.classify(crops[has])  # (n, 7) MELD order
     return FaceResult(probs=probs.mean(0).numpy(), embedding=emb.mean(0).numpy(),
                       n_frames_with_face=int(has.sum()), boxes=boxes, frame_probs=probs.numpy())
 

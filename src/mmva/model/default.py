@@ -129,9 +129,9 @@ class DefaultModel:
             t = np.arange(16000, dtype=np.float32) / 16000
             tone = 0.1 * np.sin(2 * np.pi * 160 * t) * (1 + 0.3 * np.sin(2 * np.pi * 3 * t))
             head.predict_proba(tone.astype(np.float32), sample_rate=16000)
-        from mmva.encoders.face import _shared_net
+        from mmva.encoders.face import shared_head
 
-        _shared_net(None)
+        shared_head(None)
 
     def audio_probs(self, audio: Sequence[np.ndarray | None], sample_rate: int, same_speaker: bool = False
                     ) -> list[dict[str, np.ndarray] | None]:

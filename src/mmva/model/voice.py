@@ -194,7 +194,129 @@ def _load_head(folder: Path, spec: dict[str, Any]) -> _Head:
                  str(path))
 
 
-def load_voice_head(path: str | None = None) -> VoiceHead:
+class FeatureVoiceHead:
+    """A voice head over a pooled utterance feature (format ``mmva-voice-head-2``).
+
+    ``voice.json`` names the feature (``whisper``: mean + std of the Whisper encoder states,
+    :mod:`mmva.encoders.whisper_states`), the heads (safetensors of :class:`mmva.train.voice_head.Head`)
+    and their temperatures:
+
+    - ``utterance``: one clip of an unknown speaker (features standardised inside the head);
+    - ``speaker``: clips known to come from one speaker (a recording), each feature z-scored with
+      that speaker's own statistics, shrunk towards the training speakers' average statistics with
+      weight ``n / (n + speaker_prior_weight)``; used from ``min_speaker_utterances`` clips on.
+
+    Same interface as :class:`VoiceHead`; audio without speech gives ``None``.
+    """
+
+    def __init__(self, folder: Path, config: dict[str, Any]) -> None:
+        from safetensors.torch import load_file
+
+        from mmva.train.voice_head import Head
+
+        self.config = dict(config)
+        self.source = str(folder)
+        self.labels: tuple[str, ...] = tuple(self.config.get("labels", EMOTIONS))
+        self.sample_rate = int(self.config.get("sample_rate", 16000))
+        self.min_speaker_utterances = int(self.config.get("min_speaker_utterances", 5))
+        self.prior_weight = float(self.config.get("speaker_prior_weight", 5))
+        self.feature = dict(self.config.get("feature", {"kind": "whisper"}))
+        self.heads: dict[str, tuple[Head, float]] = {}
+        for name, spec in self.config["heads"].items():
+            path = folder / spec["file"]
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: voice head weights missing (named in {folder / CONFIG_FILE})")
+            state = load_file(str(path))
+            dim = state["mean"].shape[0]
+            hidden = int(spec.get("hidden", 0))
+            head = Head(dim, hidden)
+            head.load_state_dict({k: v.float() for k, v in state.items()})
+            self.heads[name] = (head.eval(), float(spec.get("temperature", 1.0)))
+        if "utterance" not in self.heads:
+            raise ValueError(f"{folder / CONFIG_FILE}: no 'utterance' head")
+        pop = self.config.get("speaker_population", {})
+        self._pop_mean = np.asarray(pop.get("mean", []), dtype=np.float64)
+        self._pop_std = np.asarray(pop.get("std", []), dtype=np.float64)
+        self._states: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def speaker_head(self) -> Any:
+        return self.heads.get("speaker")
+
+    @property
+    def encoder_name(self) -> str:
+        return str(self.feature.get("kind", "whisper"))
+
+    def _encoder(self) -> Any:
+        if self._states is None:
+            from mmva.encoders.whisper_states import shared_states
+
+            self._states = shared_states(self.feature.get("path"))
+        return self._states
+
+    def _resample(self, y: np.ndarray, sample_rate: int) -> np.ndarray:
+        if sample_rate == self.sample_rate:
+            return y
+        import librosa
+
+        return librosa.resample(y, orig_sr=sample_rate, target_sr=self.sample_rate).astype(np.float32)
+
+    def features_batch(self, audios: list[np.ndarray | None], sample_rate: int = 16000) -> list[np.ndarray | None]:
+        """Pooled features per clip (None without speech)."""
+        present = [i for i, a in enumerate(audios) if has_voice(a)]
+        out: list[np.ndarray | None] = [None] * len(audios)
+        if present:
+            clips = [self._resample(np.asarray(audios[i], np.float32).reshape(-1), sample_rate) for i in present]
+            feats = self._encoder().pooled_batch(clips)
+            for j, i in enumerate(present):
+                out[i] = feats[j]
+        return out
+
+    def features(self, audio: np.ndarray | None, sample_rate: int = 16000) -> torch.Tensor | None:
+        f = self.features_batch([audio], sample_rate)[0]
+        return None if f is None else torch.from_numpy(f)
+
+    def _speaker_z(self, x: np.ndarray) -> np.ndarray:
+        n = len(x)
+        w = n / (n + self.prior_weight)
+        mean = w * x.mean(0) + (1 - w) * self._pop_mean
+        var = w * x.var(0) + (1 - w) * self._pop_std ** 2
+        std = np.sqrt(var)
+        return ((x - mean) / np.maximum(std, 1e-3 * (np.abs(mean) + 1e-3))).astype(np.float32)
+
+    def predict_proba_batch(self, audios: list[np.ndarray | None], sample_rate: int = 16000, *,
+                            same_speaker: bool = False) -> list[np.ndarray | None]:
+        feats = self.features_batch(audios, sample_rate)
+        present = [i for i, f in enumerate(feats) if f is not None]
+        out: list[np.ndarray | None] = [None] * len(audios)
+        if not present:
+            return out
+        x = np.stack([feats[i] for i in present]).astype(np.float64)
+        name = "utterance"
+        if (same_speaker and "speaker" in self.heads and len(present) >= self.min_speaker_utterances
+                and self._pop_mean.size == x.shape[1]):
+            name, x = "speaker", self._speaker_z(x)
+        head, temperature = self.heads[name]
+        with self._lock, torch.no_grad():
+            logits = head(torch.from_numpy(x.astype(np.float32)))
+        probs = torch.softmax(logits / temperature, -1).numpy().astype(np.float32)
+        for j, i in enumerate(present):
+            out[i] = probs[j]
+        return out
+
+    def predict_proba(self, audio: np.ndarray | None, sample_rate: int = 16000) -> np.ndarray | None:
+        return self.predict_proba_batch([audio], sample_rate)[0]
+
+    def predict(self, audio: np.ndarray | None, sample_rate: int = 16000, top_k: int = 3) -> list[dict[str, Any]] | None:
+        probs = self.predict_proba(audio, sample_rate)
+        if probs is None:
+            return None
+        order = np.argsort(-probs)[:top_k]
+        return [{"label": self.labels[i], "confidence": float(probs[i])} for i in order]
+
+
+def load_voice_head(path: str | None = None) -> Any:
     """Load a voice head (cached per folder): a folder with ``voice.json`` and the checkpoints it
     names, or None for the head shipped with mmva (loads offline from the package).
 
@@ -214,6 +336,9 @@ def load_voice_head(path: str | None = None) -> VoiceHead:
     with _CACHE_LOCK:
         if key not in _CACHE:
             config = json.loads(cfg_path.read_text())
+            if config.get("format") == "mmva-voice-head-2":
+                _CACHE[key] = FeatureVoiceHead(folder, config)
+                return _CACHE[key]
             heads = config.get("heads", {})
             if "utterance" not in heads:
                 raise ValueError(f"{cfg_path}: no 'utterance' head")
