@@ -34,6 +34,9 @@ _PUNCT = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '
                         "\u2013": " - ", "\u2026": "...", "\u0092": "'", "\u0097": " - ", "\u0085": "..."})
 
 
+_MAX_TOKEN_CHARS = 101  # characters one word-piece token can span, with its separating space
+
+
 def normalize_text(text: str) -> str:
     """Collapse typographic punctuation and whitespace.
 
@@ -134,11 +137,17 @@ class TextClassifier(nn.Module):
         """Tokenize utterances (+ context) into a dynamically padded batch."""
         tok = self.tokenizer
         max_len = self.config.max_length
-        text_ids = tok([normalize_text(t) for t in texts], add_special_tokens=False)["input_ids"]
-        ctx_strs = [" ".join(normalize_text(c) for c in list(ctx)[-self.config.context_turns:])
-                    if ctx and self.config.context_turns > 0 else ""
+        # Cut before normalizing and tokenizing: only max_len tokens are kept, and a word-piece token
+        # spans at most 100 characters (longer words are one [UNK]), so a megabyte of text costs what
+        # its kept part costs. A context shared by many texts is tokenized once.
+        cap = max_len * _MAX_TOKEN_CHARS
+        text_ids = tok([normalize_text(t[:cap]) for t in texts], add_special_tokens=False)["input_ids"]
+        turns = self.config.context_turns
+        ctx_strs = [" ".join(normalize_text(c[-cap:]) for c in ctx[-turns:])[-cap:] if ctx and turns > 0 else ""
                     for ctx in (contexts or [[]] * len(texts))]
-        ctx_ids = tok(ctx_strs, add_special_tokens=False)["input_ids"]
+        unique = list(dict.fromkeys(ctx_strs))
+        tokenized = dict(zip(unique, tok(unique, add_special_tokens=False)["input_ids"]))
+        ctx_ids = [tokenized[c] for c in ctx_strs]
         rows, types = [], []
         for t_ids, c_ids in zip(text_ids, ctx_ids):
             t_ids = t_ids[: max_len - 2]
