@@ -27,6 +27,7 @@ import numpy as np
 
 import mmva
 from mmva.analyze import asr as asr_mod
+from mmva.analyze.diarize import DiarizeOptions, Diarizer
 from mmva.analyze.segment import SegmentOptions, fixed_windows, segment_words, snap_to_speech
 from mmva.analyze.subtitles import (SUBTITLE_EXTENSIONS, TRANSCRIPT_EXTENSIONS, cues_to_utterances,
                                     read_subtitles, read_transcript, sidecar_subtitles)
@@ -54,6 +55,7 @@ class AnalyzeOptions:
     language: str | None = None  # ASR language (None: English for .en models, else detected)
     segment: SegmentOptions = field(default_factory=SegmentOptions)
     vad: asr_mod.VadOptions = field(default_factory=asr_mod.VadOptions)
+    diarize: DiarizeOptions | None = field(default_factory=DiarizeOptions)  # None: no speaker labels
 
 
 class _Stages:
@@ -87,7 +89,8 @@ def input_kind(path: str) -> str:
 
 def analyze(source: str, *, subtitles: str | None = None, asr_model: str | None = None, device: str = "cpu",
             top_k: int = 3, progress: Progress | None = None, model: Any = None,
-            options: AnalyzeOptions | None = None) -> Timeline:
+            speakers: int | None = None, min_speakers: int | None = None, max_speakers: int | None = None,
+            diarize: bool = True, options: AnalyzeOptions | None = None) -> Timeline:
     """Analyse a video, audio file, subtitle file or transcript into an emotion timeline.
 
     ``subtitles`` segments by that .srt/.vtt instead of speech recognition; ``asr_model`` is a
@@ -95,12 +98,14 @@ def analyze(source: str, *, subtitles: str | None = None, asr_model: str | None 
     fraction)`` is called as work advances; ``model`` is the model to run instead of the shipped
     default: a path or ``s3://`` URI of a ``mmva train`` checkpoint, a default-model folder or a
     ``model.tar.gz``, or a predictor object (:func:`mmva.model.predictor.load_predictor`).
+    Speakers are found in the audio (:mod:`mmva.analyze.diarize`): ``speakers`` fixes their number,
+    ``min_speakers``/``max_speakers`` bound it, ``diarize=False`` leaves utterances unlabelled.
 
     >>> t = analyze("talk.mp4")                                  # doctest: +SKIP
     >>> [(u.start_time, u.text, u.emotions[0]["label"]) for u in t.utterances][:1]   # doctest: +SKIP
     [(0.52, 'I am so happy to see you.', 'joy')]
     """
-    opts = options or AnalyzeOptions()
+    opts = _with_speakers(options or AnalyzeOptions(), diarize, speakers, min_speakers, max_speakers)
     stages = _Stages(progress)
     predictor = _load_predictor(model, device)
     kind = input_kind(source)
@@ -122,6 +127,39 @@ def analyze(source: str, *, subtitles: str | None = None, asr_model: str | None 
     if progress is not None:
         progress("done", 1.0)
     return timeline
+
+
+def _with_speakers(opts: AnalyzeOptions, diarize: bool, speakers: int | None, min_speakers: int | None,
+                   max_speakers: int | None) -> AnalyzeOptions:
+    """``opts`` with the speaker counts asked for (checked now: a bad count fails before any work)."""
+    import dataclasses
+
+    asked = {k: v for k, v in (("speakers", speakers), ("min_speakers", min_speakers),
+                               ("max_speakers", max_speakers)) if v is not None}
+    if not diarize:
+        if asked:
+            raise ValueError(f"{', '.join(asked)} given with diarization turned off")
+        return dataclasses.replace(opts, diarize=None)
+    base = opts.diarize or DiarizeOptions()
+    if asked:
+        base = dataclasses.replace(base, **{"speakers": None, "min_speakers": None, "max_speakers": None, **asked})
+        from mmva.encoders.speaker import resemblyzer_weights
+
+        resemblyzer_weights()  # asked for speakers without the encoder: say so now
+    return dataclasses.replace(opts, diarize=base)
+
+
+def _diarizer(opts: AnalyzeOptions, has_audio: bool, problems: list[str]) -> Diarizer | None:
+    """A diarizer for this file, or None (no audio, turned off, or no speaker encoder: said in problems)."""
+    from mmva.encoders.weights import WeightsNotFound
+
+    if opts.diarize is None or not has_audio:
+        return None
+    try:
+        return Diarizer(opts.diarize)
+    except WeightsNotFound as err:
+        problems.append(f"speakers not identified: {err}")
+        return None
 
 
 def _warm_up(predictor: Any) -> None:
@@ -188,16 +226,21 @@ def _analyze_media(path: str, subtitles: str | None, asr_model: str | None, devi
         asr = stages.run("load asr", 0.0, lambda: asr_mod.load_asr(asr_model, asr_mod.resolve_device(device)))
         timeline.model["asr"] = asr_mod.asr_name(asr)
     history: list[str] = []
+    diarizer = stages.run("speakers", 0.0, lambda: _diarizer(opts, info.has_audio, timeline.problems))
+    if diarizer is not None:
+        timeline.model["diarization"] = "resemblyzer GE2E speaker embeddings + agglomerative clustering"
     # A predictor that decodes its utterances itself (a checkpoint, as in training) needs no frames.
     own_media = bool(getattr(predictor, "decodes_media", False))
     # How far the audio could be decoded: a truncated file ends before the duration it declares.
     reach = [0.0] if asr is not None else [info.duration or 0.0]
-    windows = (_asr_windows(path, info.duration, asr, opts, stages, reach) if asr is not None
+    windows = (_asr_windows(path, info.duration, asr, opts, stages, reach, diarizer) if asr is not None
                else _known_windows(path, known or [], info.has_audio, info.duration, opts, stages, reach))
     for utts, chunk, t0 in windows:
         if not utts:
             continue
         frac = (utts[-1].end_time or 0.0) / info.duration if info.duration else 0.0
+        if asr is None and diarizer is not None and chunk is not None:
+            stages.run("speakers", frac, lambda: _label_known(diarizer, utts, chunk, t0))
         frames = (stages.run("frames", frac, lambda: _collect_frames(path, utts, opts, timeline.problems))
                   if info.has_video and not own_media else [None] * len(utts))
         audio = ([_slice(chunk, t0, u) for u in utts] if chunk is not None and not own_media
@@ -245,8 +288,17 @@ def _read_audio(path: str, start: float, end: float | None,
         return None
 
 
+def _label_known(diarizer: Diarizer, utts: list[Utterance], chunk: np.ndarray, t0: float) -> None:
+    """Speakers of known utterances (subtitle cues), from the windows inside their spans."""
+    spans = [((u.start_time or 0.0) - t0, (u.end_time or 0.0) - t0) for u in utts]
+    track = diarizer.track(chunk, [(max(0.0, s), min(e, len(chunk) / SAMPLE_RATE)) for s, e in spans])
+    for u, (s, e) in zip(utts, spans):
+        u.speaker = track.label(s, e)
+
+
 def _asr_windows(path: str, duration: float, asr: Any, opts: AnalyzeOptions, stages: _Stages,
-                 reach: list[float]) -> Iterator[tuple[list[Utterance], np.ndarray | None, float]]:
+                 reach: list[float], diarizer: Diarizer | None = None
+                 ) -> Iterator[tuple[list[Utterance], np.ndarray | None, float]]:
     """Yield (utterances, audio chunk, chunk start) window by window, cutting windows at pauses."""
     t0 = 0.0
     while duration <= 0 or t0 < duration - 0.05:
@@ -265,7 +317,12 @@ def _asr_windows(path: str, duration: float, asr: Any, opts: AnalyzeOptions, sta
         part = chunk[: int(cut * SAMPLE_RATE)]
         words = stages.run("speech", frac,
                            lambda: asr_mod.transcribe_words(asr, part, regions, opts.language, opts.vad))
-        utts = snap_to_speech(segment_words(words, opts.segment), regions)
+        speaker_of = None
+        if diarizer is not None and words:
+            track = stages.run("speakers", frac, lambda: diarizer.track(part, regions))
+            min_turn = diarizer.options.min_turn
+            speaker_of = lambda spans: track.word_labels(spans, min_turn)  # noqa: E731
+        utts = snap_to_speech(segment_words(words, opts.segment, speaker_of), regions)
         for u in utts:
             u.start_time = round(u.start_time + t0, 3)  # type: ignore[operator]
             u.end_time = round(u.end_time + t0, 3)  # type: ignore[operator]
@@ -406,9 +463,11 @@ def _predict(predictor: Any, utts: list[Utterance], audio: list[np.ndarray | Non
     # One call per window (bounded by the window length), not per fixed-size batch: the voice head
     # normalises the utterances of one recording together, and needs them all to do so (the text
     # model batches internally by length).
+    # Speakers are passed only when known, so predictor objects written before diarization still work.
+    speakers = {"speakers": [u.speaker for u in utts]} if any(u.speaker for u in utts) else {}
     preds = stages.run("emotions", frac, lambda: predictor.predict(
         [u.text for u in utts], contexts=contexts, audio=audio, frames=frames,
-        sample_rate=SAMPLE_RATE, same_speaker=True, sources=sources))
+        sample_rate=SAMPLE_RATE, same_speaker=True, sources=sources, **speakers))
     for u, p in zip(utts, preds):
         apply_prediction(u, p, top_k)
 

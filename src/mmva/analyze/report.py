@@ -93,6 +93,34 @@ def timeline_plot(timeline: Timeline) -> dict[str, Any]:
     }
 
 
+def speaker_plot(timeline: Timeline) -> dict[str, Any] | None:
+    """One lane per speaker (in order of first appearance), each utterance a bar coloured by its
+    top emotion; None when no utterance has a speaker (or there are no times)."""
+    names = list(dict.fromkeys(u.speaker for u in timeline.utterances if u.speaker))
+    spans, length, unit = _spans(timeline)
+    if not names or unit != "s":
+        return None
+    scale = (_W - _LEFT - 10) / length
+    rects = []
+    for i, (u, (a, b)) in enumerate(zip(timeline.utterances, spans)):
+        if not u.speaker:
+            continue
+        top = u.emotions[0] if u.emotions else None
+        rects.append({"x": round(_LEFT + a * scale, 1), "y": _TOP + names.index(u.speaker) * _LANE + 2,
+                      "w": round(max(2.0, (b - a) * scale), 1), "h": _LANE - 4,
+                      "color": COLORS[top["label"]] if top else "#cccccc",
+                      "opacity": round(0.35 + 0.65 * float(top["confidence"]), 3) if top else 0.5,
+                      "title": f"#{i} {clock(u.start_time)} {u.speaker}"
+                               + (f" · {top['label']} {top['confidence']:.0%}" if top else "") + f": {u.text}"})
+    height = _TOP + _LANE * len(names)
+    step = _nice_step(length)
+    ticks = [{"x": round(_LEFT + k * step * scale, 1), "label": clock(k * step)}
+             for k in range(int(length / step + 1e-9) + 1)]
+    return {"width": _W, "height": height + 24, "left": _LEFT, "lane": _LANE, "top": _TOP, "right": _W - 10,
+            "lanes": [{"label": n, "y": _TOP + i * _LANE} for i, n in enumerate(names)],
+            "rects": rects, "ticks": ticks, "axis_y": height + 4}
+
+
 def _nice_step(length: float, target: int = 10) -> float:
     raw = length / target
     for step in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600):
@@ -117,5 +145,6 @@ def render_html(timeline: Timeline) -> str:
         s["x"], x = round(x * 100, 2), x + s["value"]
         s["w"] = round(s["value"] * 100, 2)
     return _template().render(t=timeline, summary=summary, plot=timeline_plot(timeline), share=share,
+                              speakers=speaker_plot(timeline),
                               colors=COLORS, sentiment_colors=SENTIMENT_COLORS, emotions=EMOTIONS,
                               schema=SCHEMA_VERSION)

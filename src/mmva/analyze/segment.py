@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 from mmva.types import Utterance
+
+# Speaker of each word of one utterance, given the words' (start, end) spans (see mmva.analyze.diarize).
+SpeakerOf = Callable[[Sequence[tuple[float, float]]], Sequence["str | None"]]
 
 _SENTENCE_END = (".", "?", "!", "…")
 
@@ -46,10 +50,24 @@ def _join(words: list[Word]) -> str:
     return " ".join(text.split())
 
 
-def _to_utterance(words: list[Word]) -> Utterance:
+def _to_utterance(words: list[Word], speaker: str | None = None) -> Utterance:
     probs = [w.probability for w in words]
     return Utterance(text=_join(words), start_time=round(words[0].start, 3), end_time=round(words[-1].end, 3),
-                     extra={"asr_confidence": round(sum(probs) / len(probs), 3)})
+                     speaker=speaker, extra={"asr_confidence": round(sum(probs) / len(probs), 3)})
+
+
+def _speaker_turns(words: list[Word], speaker_of: SpeakerOf | None) -> list[tuple[list[Word], str | None]]:
+    """The words of one utterance cut where the speaker changes, each part with its speaker."""
+    if speaker_of is None:
+        return [(words, None)]
+    labels = list(speaker_of([(w.start, w.end) for w in words]))
+    out: list[tuple[list[Word], str | None]] = []
+    for word, label in zip(words, labels):
+        if out and out[-1][1] == label:
+            out[-1][0].append(word)
+        else:
+            out.append(([word], label))
+    return out
 
 
 def _split_long(words: list[Word], max_duration: float) -> list[list[Word]]:
@@ -69,8 +87,12 @@ def _split_long(words: list[Word], max_duration: float) -> list[list[Word]]:
     return _split_long(words[:best], max_duration) + _split_long(words[best:], max_duration)
 
 
-def segment_words(words: list[Word], options: SegmentOptions = SegmentOptions()) -> list[Utterance]:
+def segment_words(words: list[Word], options: SegmentOptions = SegmentOptions(),
+                  speaker_of: SpeakerOf | None = None) -> list[Utterance]:
     """Group time-stamped words into utterances.
+
+    ``speaker_of`` (diarization) labels the words of each utterance with speakers; an utterance is
+    cut where the label changes, and each part carries its ``speaker``.
 
     >>> ws = [Word(0.0, 0.5, " Hello"), Word(0.5, 1.2, " world."), Word(2.5, 3.0, " Bye.")]
     >>> [(u.text, u.start_time, u.end_time) for u in segment_words(ws)]
@@ -92,7 +114,8 @@ def segment_words(words: list[Word], options: SegmentOptions = SegmentOptions())
         groups.append(current)
     out: list[Utterance] = []
     for group in groups:
-        out.extend(_to_utterance(part) for part in _split_long(group, options.max_duration))
+        for turn, speaker in _speaker_turns(group, speaker_of):
+            out.extend(_to_utterance(part, speaker) for part in _split_long(turn, options.max_duration))
     return out
 
 

@@ -105,8 +105,39 @@ def _score_label(score: float, margin: float = 0.2) -> str:
     return "positive" if score > margin else "negative" if score < -margin else "neutral"
 
 
+def speaker_summary(utts: list[Utterance]) -> dict[str, dict[str, Any]]:
+    """Per speaker (in order of first appearance): utterances, talk time, dominant emotion and
+    sentiment, and the share of the speaker's talk time per emotion and sentiment.
+
+    >>> u = Utterance(text="hi", start_time=0.0, end_time=2.0, speaker="Speaker 1",
+    ...               emotions=[{"label": "joy", "confidence": 0.9}], sentiments=[{"label": "positive", "confidence": 0.8}])
+    >>> s = speaker_summary([u])["Speaker 1"]
+    >>> s["talk_time"], s["dominant_emotion"], s["emotion_share"]["joy"]
+    (2.0, 'joy', 1.0)
+    """
+    out: dict[str, dict[str, Any]] = {}
+    by: dict[str, list[Utterance]] = {}
+    for u in utts:
+        if u.speaker:
+            by.setdefault(u.speaker, []).append(u)
+    for name, own in by.items():
+        predicted = [u for u in own if u.emotions]
+        emo, sent = _share(predicted, "emotions", EMOTIONS), _share(predicted, "sentiments", SENTIMENTS)
+        timed = [u for u in own if u.start_time is not None and u.end_time is not None]
+        out[name] = {
+            "n_utterances": len(own),
+            "talk_time": round(sum(u.end_time - u.start_time for u in timed), 3),  # type: ignore[operator]
+            "dominant_emotion": max(emo, key=emo.__getitem__) if predicted else None,
+            "dominant_sentiment": max(sent, key=sent.__getitem__) if predicted else None,
+            "emotion_share": emo,
+            "sentiment_share": sent,
+        }
+    return out
+
+
 def summarize(utts: list[Utterance], duration: float | None = None) -> dict[str, Any]:
-    """Whole-video summary: time share per emotion/sentiment, dominant ones, sentiment over time."""
+    """Whole-video summary: time share per emotion/sentiment, dominant ones, sentiment over time,
+    and ``speakers`` (:func:`speaker_summary`) when the utterances carry speakers."""
     predicted = [u for u in utts if u.emotions]
     emo_share = _share(predicted, "emotions", EMOTIONS)
     sent_share = _share(predicted, "sentiments", SENTIMENTS)
@@ -117,7 +148,7 @@ def summarize(utts: list[Utterance], duration: float | None = None) -> dict[str,
             mean_emo[k] += v * _weight(u) / (total_w or 1.0)
     usage = {m: sum(m in u.modalities for u in utts) for m in ("text", "audio", "video")}
     timed = [u for u in utts if u.start_time is not None and u.end_time is not None]
-    return {
+    out = {
         "n_utterances": len(utts),
         "n_predicted": len(predicted),
         "speech_time": round(sum(u.end_time - u.start_time for u in timed), 3),  # type: ignore[operator]
@@ -129,6 +160,11 @@ def summarize(utts: list[Utterance], duration: float | None = None) -> dict[str,
         "sentiment_over_time": _sentiment_over_time(predicted, duration),
         "modality_usage": usage,
     }
+    speakers = speaker_summary(utts)
+    if speakers:
+        out["n_speakers"] = len(speakers)
+        out["speakers"] = speakers
+    return out
 
 
 def utterance_to_dict(u: Utterance) -> dict[str, Any]:
@@ -138,12 +174,11 @@ def utterance_to_dict(u: Utterance) -> dict[str, Any]:
         "emotions": u.emotions, "sentiments": u.sentiments, "modalities": u.modalities,
         "per_modality": u.per_modality,
     }
+    if u.speaker:
+        out["speaker"] = u.speaker
     for key in ("emotion_probs", "sentiment_probs"):
         out[key] = u.extra.get(key, {})
-    rest = {k: v for k, v in u.extra.items() if k not in out}
-    if u.speaker:
-        rest["speaker"] = u.speaker
-    out.update(rest)
+    out.update({k: v for k, v in u.extra.items() if k not in out})
     return out
 
 

@@ -44,7 +44,7 @@ class JSONWriter(Writer):
 
 
 class CSVWriter(Writer):
-    """One row per utterance: times, text, top emotion/sentiment, every probability, modalities."""
+    """One row per utterance: times, speaker, text, top emotion/sentiment, every probability, modalities."""
 
     extension = "csv"
 
@@ -52,14 +52,15 @@ class CSVWriter(Writer):
         buf = io.StringIO()
         # RFC 4180 line ends: a field holding a carriage return is then quoted (with "\n" it is not).
         out = csv.writer(buf, lineterminator="\r\n")
-        out.writerow(["index", "start_time", "end_time", "text", "emotion", "emotion_confidence", "sentiment",
+        out.writerow(["index", "start_time", "end_time", "speaker", "text", "emotion", "emotion_confidence", "sentiment",
                       "sentiment_confidence", "modalities", *[f"p_emotion_{e}" for e in EMOTIONS],
                       *[f"p_sentiment_{s}" for s in SENTIMENTS]])
         for i, u in enumerate(timeline.utterances):
             emo = u.emotions[0] if u.emotions else {"label": "", "confidence": ""}
             sen = u.sentiments[0] if u.sentiments else {"label": "", "confidence": ""}
             ep, sp = u.extra.get("emotion_probs", {}), u.extra.get("sentiment_probs", {})
-            out.writerow([i, _blank(u.start_time), _blank(u.end_time), safe_cell(u.text), emo["label"], emo["confidence"],
+            out.writerow([i, _blank(u.start_time), _blank(u.end_time), safe_cell(u.speaker or ""), safe_cell(u.text),
+                          emo["label"], emo["confidence"],
                           sen["label"], sen["confidence"], "+".join(u.modalities),
                           *[ep.get(e, "") for e in EMOTIONS], *[sp.get(s, "") for s in SENTIMENTS]])
         return buf.getvalue()
@@ -83,12 +84,14 @@ def _blank(x: float | None) -> float | str:
 
 
 def cue_text(u: Utterance) -> str:
-    """Subtitle cue: ``[joy 82% · positive] the words`` (the words alone when nothing was predicted)."""
+    """Subtitle cue: ``Speaker 1: [joy 82% · positive] the words`` (no ``Speaker 1:`` when the
+    speaker is unknown; the words alone when nothing was predicted)."""
+    who = f"{u.speaker}: " if u.speaker else ""
     if not u.emotions:
-        return u.text or "[no prediction]"
+        return who + (u.text or "[no prediction]")
     emo, sen = u.emotions[0], u.sentiments[0]
     tag = f"[{emo['label']} {emo['confidence']:.0%} · {sen['label']}]"
-    return f"{tag} {u.text}".strip()
+    return f"{who}{tag} {u.text}".strip()
 
 
 class _SubtitleWriter(Writer):

@@ -30,13 +30,16 @@ def timeline_table(timeline: Any, max_rows: int = 200) -> Table:
     s = timeline.summary
     title = (f"{escape(timeline.source)} · {s['n_utterances']} utterance(s) · dominant: "
              f"{s['dominant_emotion'] or '-'} / {s['dominant_sentiment'] or '-'}")
-    table = Table("start", "end", "text", "emotion", "sentiment", "modalities", title=title,
-                  title_justify="left")
+    who = any(u.speaker for u in timeline.utterances)
+    if who:
+        title += f" · {s.get('n_speakers', 0)} speaker(s)"
+    table = Table("start", "end", *(["speaker"] if who else []), "text", "emotion", "sentiment", "modalities",
+                  title=title, title_justify="left")
     for u in timeline.utterances[:max_rows]:
         emo = ", ".join(f"{e['label']} {e['confidence']:.0%}" for e in u.emotions[:2]) or "-"
         sen = f"{u.sentiments[0]['label']} {u.sentiments[0]['confidence']:.0%}" if u.sentiments else "-"
-        table.add_row(clock(u.start_time), clock(u.end_time), escape(u.text) if u.text else r"\[no words]", emo, sen,
-                      "+".join(u.modalities) or "none")
+        table.add_row(clock(u.start_time), clock(u.end_time), *([escape(u.speaker or "-")] if who else []),
+                      escape(u.text) if u.text else r"\[no words]", emo, sen, "+".join(u.modalities) or "none")
     if len(timeline.utterances) > max_rows:
         table.caption = f"... {len(timeline.utterances) - max_rows} more in the written files"
     return table
@@ -69,6 +72,12 @@ def analyze_cmd(
     model: Optional[str] = typer.Option(None, "--model", "-m",
                                         help="A `mmva train` checkpoint (.safetensors), a default-model folder or "
                                              "a model.tar.gz, local or s3:// (default: the shipped model)."),
+    speakers: Optional[int] = typer.Option(None, "--speakers", min=1,
+                                           help="Number of speakers, when known (default: found automatically)."),
+    min_speakers: Optional[int] = typer.Option(None, "--min-speakers", min=1, help="At least this many speakers."),
+    max_speakers: Optional[int] = typer.Option(None, "--max-speakers", min=1, help="At most this many speakers."),
+    diarize: bool = typer.Option(True, "--diarize/--no-diarize",
+                                 help="Name the speakers (Speaker 1, 2, ...) from their voices."),
 ) -> None:
     """Per-utterance emotion and sentiment timeline; writes NAME.mmva.json (and other formats)."""
     from mmva.analyze.writers import parse_formats
@@ -79,10 +88,32 @@ def analyze_cmd(
         raise typer.BadParameter(str(exc), param_hint="--format") from None
     if device not in DEVICES:
         raise typer.BadParameter(f"{device!r} is not one of {', '.join(DEVICES)}", param_hint="--device")
+    who = _speaker_options(speakers, min_speakers, max_speakers, diarize)
     with _errors_only(quiet):
         predictor = _load_model(model, device)
         _analyze_files(list(paths or []), subtitles, formats, out, quiet, sample, regenerate,
-                       {"asr_model": asr_model, "device": device, "top_k": top_k, "model": predictor})
+                       {"asr_model": asr_model, "device": device, "top_k": top_k, "model": predictor, **who})
+
+
+def _speaker_options(speakers: int | None, min_speakers: int | None, max_speakers: int | None,
+                     diarize: bool) -> dict[str, Any]:
+    """The speaker arguments of ``analyze()``, checked before any work (bad usage: exit 2)."""
+    from mmva.analyze.diarize import DiarizeOptions
+    from mmva.encoders.weights import WeightsNotFound
+
+    who = {"speakers": speakers, "min_speakers": min_speakers, "max_speakers": max_speakers}
+    try:
+        if not diarize and any(v is not None for v in who.values()):
+            raise ValueError("--speakers/--min-speakers/--max-speakers need diarization (drop --no-diarize)")
+        DiarizeOptions(**who)
+        if any(v is not None for v in who.values()):
+            from mmva.encoders.speaker import resemblyzer_weights
+
+            resemblyzer_weights()
+    except (ValueError, WeightsNotFound) as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    return {**who, "diarize": diarize}
 
 
 def _load_model(model: str | None, device: str) -> Any:

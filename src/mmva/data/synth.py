@@ -117,6 +117,49 @@ def speak(text: str, *, pitch: int = 50, speed: int = 175, amplitude: int = 100,
     return _decode_wav(proc.stdout, sample_rate)
 
 
+# Four espeak-ng voices that differ in voice variant, pitch and rate: the speakers of generated
+# conversations (diarization tests and benchmarks).
+CONVERSATION_VOICES: tuple[dict, ...] = (
+    {"voice": "en-us+m3", "pitch": 40, "speed": 160},
+    {"voice": "en-gb+f2", "pitch": 70, "speed": 180},
+    {"voice": "en-us+m7", "pitch": 25, "speed": 140},
+    {"voice": "en-gb-x-rp+f4", "pitch": 60, "speed": 200},
+)
+
+
+def conversation(turns: Sequence[tuple[int, str]], *, voices: Sequence[dict] = CONVERSATION_VOICES,
+                 pauses: tuple[float, float] = (0.3, 0.9), seed: int = 0,
+                 sample_rate: int = 16000) -> tuple[np.ndarray, list[tuple[float, float, int]]]:
+    """Speakers taking turns: ``turns`` are (speaker index into ``voices``, text), spoken one after
+    the other with a random pause from ``pauses`` (seconds) between them.
+
+    Returns the audio and the reference turns ``(start, end, speaker)``: the span of each turn's
+    speech, espeak-ng's own leading and trailing silence excluded.
+
+    >>> audio, ref = conversation([(0, "Hello there."), (1, "Hi, how are you?")])   # doctest: +SKIP
+    >>> [(round(s, 1), round(e, 1), k) for s, e, k in ref]                            # doctest: +SKIP
+    [(0.0, 0.8, 0), (1.3, 2.4, 1)]
+    """
+    rng = np.random.default_rng(seed)
+    parts: list[np.ndarray] = []
+    ref: list[tuple[float, float, int]] = []
+    t = 0
+    for i, (who, text) in enumerate(turns):
+        if not 0 <= who < len(voices):
+            raise ValueError(f"turn {i}: speaker {who} has no voice (0..{len(voices) - 1})")
+        clip = speak(text, sample_rate=sample_rate, **voices[who])
+        loud = np.flatnonzero(np.abs(clip) > 0.02 * max(1e-6, float(np.abs(clip).max())))
+        clip = clip[loud[0]:loud[-1] + 1] if len(loud) else clip
+        if i:
+            gap = np.zeros(int(rng.uniform(*pauses) * sample_rate), np.float32)
+            parts.append(gap)
+            t += len(gap)
+        ref.append((t / sample_rate, (t + len(clip)) / sample_rate, who))
+        parts.append(clip)
+        t += len(clip)
+    return (np.concatenate(parts) if parts else np.zeros(0, np.float32)), ref
+
+
 @lru_cache(maxsize=1)
 def _astronaut() -> np.ndarray:
     try:

@@ -133,23 +133,35 @@ class DefaultModel:
 
         shared_head(None)
 
-    def audio_probs(self, audio: Sequence[np.ndarray | None], sample_rate: int, same_speaker: bool = False
-                    ) -> list[dict[str, np.ndarray] | None]:
+    def audio_probs(self, audio: Sequence[np.ndarray | None], sample_rate: int, same_speaker: bool = False,
+                    speakers: Sequence[str | None] | None = None) -> list[dict[str, np.ndarray] | None]:
         """Voice emotion probabilities (+ derived sentiment) per clip; None for no audio or no speech.
 
         ``same_speaker``: the clips come from one recording, so the voice head may normalise them
         together (its per-speaker head, 54% vs 46% leave-one-speaker-out accuracy; docs/voice.md).
+        ``speakers``: a speaker label per clip (diarization): each speaker's clips are normalised
+        together as one speaker, whatever ``same_speaker`` says; clips without a label form one group
+        normalised as ``same_speaker`` says.
         """
         present = [i for i, a in enumerate(audio) if a is not None and np.asarray(a).size > 0]
         out: list[dict[str, np.ndarray] | None] = [None] * len(audio)
         if not present or self.voice_head() is None:
             return out
-        clips = [np.asarray(audio[i], dtype=np.float32) for i in present]
-        if hasattr(self._voice, "predict_proba_batch"):
-            probs = self._voice.predict_proba_batch(clips, sample_rate=sample_rate, same_speaker=same_speaker)
-        else:
-            probs = [self._voice.predict_proba(c, sample_rate=sample_rate) for c in clips]
-        for i, p in zip(present, probs):
+        if speakers is not None and len(speakers) != len(audio):
+            raise ValueError(f"speakers has {len(speakers)} items for {len(audio)} clips")
+        groups: dict[str | None, list[int]] = {}
+        for i in present:
+            groups.setdefault(speakers[i] if speakers is not None else None, []).append(i)
+        probs: dict[int, Any] = {}
+        for speaker, idx in groups.items():
+            clips = [np.asarray(audio[i], dtype=np.float32) for i in idx]
+            if hasattr(self._voice, "predict_proba_batch"):
+                got = self._voice.predict_proba_batch(clips, sample_rate=sample_rate,
+                                                      same_speaker=same_speaker or speaker is not None)
+            else:
+                got = [self._voice.predict_proba(c, sample_rate=sample_rate) for c in clips]
+            probs.update(zip(idx, got))
+        for i, p in ((i, probs[i]) for i in present):
             if p is not None:
                 p = np.asarray(p, dtype=np.float64)
                 out[i] = {"emotion": p, "sentiment": sentiment_from_emotion(p)}
@@ -172,10 +184,13 @@ class DefaultModel:
     def predict(self, texts: list[str], *, contexts: list[list[str]] | None = None,
                 audio: list[np.ndarray | None] | None = None, frames: list[np.ndarray | None] | None = None,
                 sample_rate: int = 16000, same_speaker: bool = False,
-                sources: list[Any] | None = None) -> list[dict[str, Any]]:
+                sources: list[Any] | None = None,
+                speakers: list[str | None] | None = None) -> list[dict[str, Any]]:
         """One fused prediction per item (see the module docstring for the rule).
 
-        ``same_speaker=True`` when the items are utterances of one recording (``mmva analyze``).
+        ``same_speaker=True`` when the items are utterances of one recording (``mmva analyze``);
+        ``speakers`` (a label per item, from diarization) makes the voice head normalise each
+        speaker's utterances together (:meth:`audio_probs`).
         ``sources`` (each utterance's media span) is part of the predictor interface
         (:mod:`mmva.model.predictor`) and unused: this model works on the given audio and frames.
 
@@ -187,11 +202,12 @@ class DefaultModel:
         []
         """
         n = len(texts)
-        for name, seq in (("contexts", contexts), ("audio", audio), ("frames", frames)):
+        for name, seq in (("contexts", contexts), ("audio", audio), ("frames", frames), ("speakers", speakers)):
             if seq is not None and len(seq) != n:
                 raise ValueError(f"{name} has {len(seq)} items for {n} texts")
         text_p = self.text_probs(texts, contexts)
-        audio_p = self.audio_probs(audio, sample_rate, same_speaker) if audio is not None else [None] * n
+        audio_p = (self.audio_probs(audio, sample_rate, same_speaker, speakers) if audio is not None
+                   else [None] * n)
         results = []
         for i in range(n):
             per = {"text": text_p[i], "audio": audio_p[i],

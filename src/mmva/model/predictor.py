@@ -4,9 +4,10 @@ that ``mmva train`` writes, so the model you train is the model that analyzes, s
 A predictor has
 
 - ``predict(texts, *, contexts=None, audio=None, frames=None, sample_rate=16000, same_speaker=False,
-  sources=None) -> list[dict]``: one dict per utterance, ``{"emotion": (7,), "sentiment": (3,),
-  "per_modality": {m: {"emotion": [...], "sentiment": [...]}}, "modalities": [...]}``.
+  sources=None, speakers=None) -> list[dict]``: one dict per utterance, ``{"emotion": (7,),
+  "sentiment": (3,), "per_modality": {m: {"emotion": [...], "sentiment": [...]}}, "modalities": [...]}``.
   ``sources[i]`` is the utterance's media span ``(path, start, end)`` (None for text only);
+  ``speakers[i]`` its speaker from diarization (None: unknown), passed only when some are known;
 - ``describe() -> dict``: what the analyze JSON's ``model`` block says (name, kind, config, digest);
 - ``decodes_media``: True when the predictor decodes each utterance from ``sources`` itself, as in
   training (the pipeline then collects no face frames for it).
@@ -52,7 +53,8 @@ class Predictor(Protocol):
     def predict(self, texts: list[str], *, contexts: list[list[str]] | None = None,
                 audio: list[np.ndarray | None] | None = None, frames: list[np.ndarray | None] | None = None,
                 sample_rate: int = 16000, same_speaker: bool = False,
-                sources: list[MediaSpan | None] | None = None) -> list[dict[str, Any]]: ...
+                sources: list[MediaSpan | None] | None = None,
+                speakers: list[str | None] | None = None) -> list[dict[str, Any]]: ...
 
     def describe(self) -> dict[str, Any]: ...
 
@@ -156,8 +158,10 @@ class CheckpointPredictor:
     def predict(self, texts: list[str], *, contexts: list[list[str]] | None = None,
                 audio: list[np.ndarray | None] | None = None, frames: list[np.ndarray | None] | None = None,
                 sample_rate: int = 16000, same_speaker: bool = False,
-                sources: list[MediaSpan | None] | None = None) -> list[dict[str, Any]]:
-        """One prediction per utterance; ``same_speaker`` is accepted for the interface and unused.
+                sources: list[MediaSpan | None] | None = None,
+                speakers: list[str | None] | None = None) -> list[dict[str, Any]]:
+        """One prediction per utterance; ``same_speaker`` and ``speakers`` are accepted for the
+        interface and unused (a checkpoint decodes and normalises each utterance as in training).
 
         An utterance with no usable modality gets uniform distributions and no modalities.
         """
