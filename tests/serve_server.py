@@ -1,7 +1,8 @@
 """A real `mmva serve` process on a free loopback port, for the serve, browser and load tests.
 
 Also a pytest plugin (registered in conftest.py): ``serve_server`` is one server shared by the whole
-session (API key ``SERVE_KEY``, 2 workers, a queue of 2, 2 MB uploads, S3 on the moto server), so
+session (API key ``SERVE_KEY``, 2 workers, a queue of 2, 2 MB uploads, 2 s for a request's headers,
+S3 on the moto server), so
 the model loads once for all serve tests rather than once per file.
 """
 
@@ -66,7 +67,9 @@ class ServerProcess:
             try:
                 if httpx.get(f"{self.url}/ping", timeout=2).status_code == 200:
                     return self
-                error = httpx.get(f"{self.url}/info", timeout=2).json().get("model_error")
+                key = self.args[self.args.index("--api-key") + 1] if "--api-key" in self.args else ""
+                error = httpx.get(f"{self.url}/info", headers={"X-API-Key": key},
+                                  timeout=2).json().get("model_error")
                 if error:  # loading failed: no point waiting
                     self.stop()
                     raise RuntimeError(f"mmva serve could not load its model: {error}\n{self.log()}")
@@ -111,8 +114,10 @@ def wait_job(client: httpx.Client, job_id: str, timeout: float = 120.0) -> dict:
 
 SERVE_KEY = "test-key-123"
 SERVE_MAX_UPLOAD_MB = 2
+SERVE_HEADER_TIMEOUT = 2  # seconds: short, so the slow-header tests wait little
 SERVE_ARGS = ("--api-key", SERVE_KEY, "--workers", "2", "--max-queue", "2",
-              "--max-upload-mb", str(SERVE_MAX_UPLOAD_MB), "--request-timeout", "120")
+              "--max-upload-mb", str(SERVE_MAX_UPLOAD_MB), "--request-timeout", "120",
+              "--header-timeout", str(SERVE_HEADER_TIMEOUT))
 
 
 @pytest.fixture(scope="session")

@@ -146,8 +146,8 @@ def test_bounded_load(server: ServerProcess, tmp_path: Path) -> None:
     })
     assert peak < 4096 * mb, figures  # bounded: the model plus a few decoded clips
     assert after_second - after_first < 200 * mb, figures  # no growth from one round to the next
-    with server.client() as c:
-        model = c.get("/info").json()["model"]  # /info is open
+    with server.client(headers={"X-API-Key": SERVE_KEY}) as c:
+        model = c.get("/info").json()["model"]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
         "what": f"{N_TEXT} concurrent text requests (POST /invocations) while {N_JOBS} video jobs (POST /jobs, "

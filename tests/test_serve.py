@@ -23,7 +23,8 @@ from mmva.serve.jobs import JobInput, JobManager
 from mmva.serve.limits import Limits, RequestError
 from tests.media import random_bytes_file, talking_head
 from tests.s3 import aws_environment
-from tests.serve_server import SERVE_ARGS, SERVE_KEY, SERVE_MAX_UPLOAD_MB, ServerProcess, wait_job
+from tests.serve_server import (SERVE_ARGS, SERVE_HEADER_TIMEOUT, SERVE_KEY, SERVE_MAX_UPLOAD_MB, ServerProcess,
+                                wait_job)
 
 KEY = SERVE_KEY
 MAX_UPLOAD_MB = SERVE_MAX_UPLOAD_MB
@@ -77,7 +78,6 @@ def test_ping_page_and_errors_are_json(server: ServerProcess) -> None:
         assert unauth.status_code == 401 and "API key" in unauth.json()["error"]
         wrong = anon.post("/invocations", json={"text": "hello"}, headers={"X-API-Key": "nope"})
         assert wrong.status_code == 401
-        assert anon.get("/info").json()["auth_required"] is True
 
 
 def test_text_invocation(client: httpx.Client) -> None:
@@ -175,7 +175,7 @@ def test_upload_size_limit(client: httpx.Client, server: ServerProcess) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32768)
         sock.settimeout(30)
         sock.connect(("127.0.0.1", server.port))
-        sock.sendall(b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: video/mp4\r\nX-API-Key: " + KEY.encode()
+        sock.sendall(b"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: video/mp4\r\nX-API-Key: " + KEY.encode()
                      + b"\r\nTransfer-Encoding: chunked\r\n\r\n")
         chunk, sent, reply = b"\0" * 65536, 0, b""
         while sent < 40 * 1024 * 1024 and not reply:
@@ -196,10 +196,171 @@ def test_upload_size_limit(client: httpx.Client, server: ServerProcess) -> None:
 def test_declared_length_refused_before_body(server: ServerProcess) -> None:
     """A 10 GB Content-Length gets its 413 without the server waiting for (or storing) the body."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: video/mp4\r\n"
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: video/mp4\r\n"
                      b"X-API-Key: " + KEY.encode() + b"\r\nContent-Length: 10000000000\r\n\r\n")
         reply = sock.recv(4096).decode()
     assert reply.startswith("HTTP/1.1 413"), reply
+
+
+# -- issue 20: a stranger cannot stall the server, errors are the client's, origins are checked -----
+
+
+def _raw(server: ServerProcess, request: bytes, timeout: float = 10) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=timeout)
+    sock.sendall(request)
+    return sock
+
+
+def _read_reply(sock: socket.socket) -> bytes:
+    reply = b""
+    try:
+        while chunk := sock.recv(65536):
+            reply += chunk
+    except OSError:  # reset after the reply: what came is the reply
+        pass
+    return reply
+
+
+def test_partial_headers_neither_lock_out_nor_linger(server: ServerProcess) -> None:
+    """Slow loris: 300 sockets that send half a request and stop (more than --max-connections, 256).
+    /ping still answers 200 at once (the longest-idle socket makes room for a newcomer), and every
+    stalled socket is answered 408 and closed once --header-timeout has passed."""
+    partial = b"GET /ping HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
+    socks = [_raw(server, partial) for _ in range(300)]
+    try:
+        started = time.monotonic()
+        with server.client() as anon:
+            for _ in range(5):
+                r = anon.get("/ping")
+                assert r.status_code == 200, r.text
+        assert time.monotonic() - started < SERVE_HEADER_TIMEOUT
+        idle = socket.create_connection(("127.0.0.1", server.port), timeout=10)  # sends nothing at all
+        last = socks[-1]
+        last.settimeout(SERVE_HEADER_TIMEOUT + 8)
+        reply = _read_reply(last)
+        waited = time.monotonic() - started
+        assert reply.startswith(b"HTTP/1.1 408") and b"did not arrive within" in reply, reply[:300]
+        assert SERVE_HEADER_TIMEOUT - 0.5 <= waited < SERVE_HEADER_TIMEOUT + 8, waited
+        evicted = socks[0]  # among the oldest: closed to make room, told why
+        assert _read_reply(evicted).startswith(b"HTTP/1.1 503")
+        idle.settimeout(SERVE_HEADER_TIMEOUT + 8)
+        assert idle.recv(100) == b""  # closed without a word: it never started a request
+        idle.close()
+    finally:
+        for sock in socks:
+            sock.close()
+    with server.client() as anon:
+        assert anon.get("/ping").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def long_context() -> str:
+    return "I told you a hundred times, and you never listen to a single word I say. " * 11_500  # ~0.85 MB
+
+
+def test_one_megabyte_text_request_costs_what_is_kept(client: httpx.Client, long_context: str) -> None:
+    """128 texts sharing a 0.85 MB context: answered in seconds (the context was cleaned and tokenized
+    in full once per text: about 0.75 s each, minutes in all), with the whole texts echoed."""
+    texts = [f"Why would you do that, number {i}?" for i in range(128)]
+    body = json.dumps({"text": texts, "context": ["hello", long_context]})
+    assert 0.8e6 < len(body) < 1024 * 1024
+    started = time.monotonic()
+    r = client.post("/invocations", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text[:300]
+    assert time.monotonic() - started < 60
+    assert [u["text"] for u in r.json()["utterances"]] == texts
+
+
+def test_text_work_stops_when_the_client_leaves(server: ServerProcess, client: httpx.Client,
+                                                long_context: str) -> None:
+    texts = [f"{i}: {long_context[:300]}" for i in range(512)]  # 16 chunks of work, seconds each here
+    body = json.dumps({"text": texts, "context": [long_context[:200_000]]}).encode()
+    before = client.get("/info").json()["text"]
+    sock = _raw(server, b"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                        b"X-API-Key: " + KEY.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    deadline = time.monotonic() + 30
+    while client.get("/info").json()["text"]["running"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sock.close()  # the client gives up
+    left = time.monotonic()
+    while client.get("/info").json()["text"]["running"] and time.monotonic() < left + 15:
+        time.sleep(0.1)
+    after = client.get("/info").json()["text"]
+    assert after["running"] == 0 and after["stopped_client_gone"] == before["stopped_client_gone"] + 1, after
+    assert time.monotonic() - left < 15
+
+
+@pytest.mark.parametrize("body, says", [
+    (b"[" * 100_000 + b"]" * 100_000, "deeper than"),  # RecursionError in the parser
+    (b'{"text": ' + b"[" * 40 + b'"hi"' + b"]" * 40 + b"}", "deeper than"),  # parses; too deep to use
+    (b'{"text": "\\ud800"}', "surrogate"),
+    (b'{"text": ["fine", "x\\udfff y"], "context": ["a"]}', "surrogate"),
+    (b'{"s3_uri": "s3://bucket/\\ud800.mp4"}', "surrogate"),
+])
+def test_odd_json_is_a_client_error(client: httpx.Client, body: bytes, says: str) -> None:
+    r = client.post("/invocations", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and says in r.json()["error"], r.text[:300]
+
+
+def test_internal_errors_name_no_server_file(client: httpx.Client, server: ServerProcess, video: Path) -> None:
+    """A finished job whose result file went missing is a server fault: 500 with a reference to the log,
+    not the exception text (which named the file under --work-dir)."""
+    job_id = client.post("/jobs", content=video.read_bytes(), headers={"Content-Type": "video/mp4"}).json()["id"]
+    assert wait_job(client, job_id)["state"] == "done"
+    result = server.work_dir / "jobs" / job_id / "result.json"
+    result.unlink()
+    r = client.get(f"/jobs/{job_id}/result")
+    assert r.status_code == 500, r.text
+    error = r.json()["error"]
+    assert "reference" in error and str(server.work_dir) not in error and "result.json" not in error, error
+    ref = error.split("reference ")[1][:12]
+    assert f"(reference {ref})" in server.log_path.read_text(errors="replace")  # the details are in the log
+    client.delete(f"/jobs/{job_id}")
+
+
+def test_routes_that_need_the_key(server: ServerProcess) -> None:
+    """/ping and the web page are open; every other route, /info and the OpenAPI ones included, needs the key."""
+    with server.client() as anon, server.client(headers={"X-API-Key": KEY}) as keyed:
+        for path in ("/ping", "/", "/static/app.js"):
+            assert anon.get(path).status_code == 200, path
+        for path in ("/info", "/docs", "/openapi.json", "/execution-parameters", "/jobs"):
+            assert anon.get(path).status_code == 401, path
+            assert keyed.get(path).status_code == 200, path
+        assert keyed.get("/info").json()["auth_required"] is True
+        assert "/invocations" in keyed.get("/openapi.json").json()["paths"]
+
+
+def test_foreign_host_names_and_cross_site_posts_are_refused(server: ServerProcess, video: Path) -> None:
+    """DNS rebinding (a page's own name pointed at 127.0.0.1) and form posts from another site."""
+    with server.client(headers={"X-API-Key": KEY}) as c:
+        rebound = c.get("/ping", headers={"Host": f"attacker.example:{server.port}"})
+        assert rebound.status_code == 400 and "--allowed-hosts" in rebound.json()["error"]
+        assert c.get("/ping", headers={"Host": f"localhost:{server.port}"}).status_code == 200
+        form = {"file": ("talk.mp4", video.read_bytes(), "video/mp4")}
+        for headers in ({"Origin": "http://attacker.example"}, {"Origin": "null"},
+                        {"Sec-Fetch-Site": "cross-site"}):
+            r = c.post("/jobs", files=form, headers=headers)
+            assert r.status_code == 403 and "another site" in r.json()["error"], (headers, r.text)
+        assert c.get("/info", headers={"Origin": "http://attacker.example"}).status_code == 200  # reads are
+        # left to the browser's same-origin rule
+        own_page = c.post("/jobs", files=form, headers={"Origin": server.url, "Sec-Fetch-Site": "same-origin"})
+        assert own_page.status_code == 202, own_page.text
+        assert wait_job(c, own_page.json()["id"])["state"] == "done"
+        c.delete(f"/jobs/{own_page.json()['id']}")
+
+
+def test_allowed_host_defaults() -> None:
+    from mmva.serve.origin import ANY_IP, allowed_hosts_for, host_allowed, parse_hosts
+
+    loopback = allowed_hosts_for("127.0.0.1")
+    assert host_allowed("127.0.0.1:8080", loopback) and host_allowed("[::1]:8080", loopback)
+    assert not host_allowed("attacker.example", loopback) and not host_allowed("192.168.1.5:8080", loopback)
+    everywhere = allowed_hosts_for("0.0.0.0")
+    assert ANY_IP in everywhere and host_allowed("192.168.1.5:8080", everywhere)
+    assert host_allowed("[2001:db8::1]:8080", everywhere) and not host_allowed("attacker.example", everywhere)
+    named = parse_hosts("mmva.example.com, *.internal", "0.0.0.0")
+    assert host_allowed("mmva.example.com", named) and host_allowed("a.b.internal:80", named)
+    assert not host_allowed("127.0.0.1", named) and host_allowed("x", parse_hosts("*", "127.0.0.1"))
 
 
 def test_job_lifecycle_and_formats(client: httpx.Client, video: Path) -> None:

@@ -32,23 +32,32 @@ def serve_cmd(
                                           help="Require this key in the X-API-Key header (or Bearer token)."),
     top_k: int = typer.Option(3, help="Emotions and sentiments listed per utterance."),
     asr_model: Optional[str] = typer.Option(None, help="Speech recognition model (default: Whisper tiny.en shipped offline)."),
-    max_connections: int = typer.Option(256, help="Open connections before uvicorn answers 503."),
+    max_connections: int = typer.Option(256, help="Open connections; at this many the longest-idle one is "
+                                                  "closed for a newcomer, or 503 when every one is at work."),
+    header_timeout: float = typer.Option(10.0, help="Seconds a request's headers may take to arrive (408 beyond)."),
+    keep_alive_timeout: float = typer.Option(5.0, help="Seconds an idle keep-alive connection stays open."),
+    allowed_hosts: Optional[str] = typer.Option(None, "--allowed-hosts", envvar="MMVA_ALLOWED_HOSTS",
+                                                help="Host header names served, comma-separated (*.example.com, "
+                                                     "<ip> = any IP address, * = any); default: the names of --host."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
 ) -> None:
     """Serve the analyzer over HTTP: GET /ping, POST /invocations, /jobs, and a web page at /."""
     import uvicorn
 
     from mmva.serve.app import ServeSettings, create_app, default_work_dir
+    from mmva.serve.connections import guarded_protocol
     from mmva.serve.limits import Limits
+    from mmva.serve.origin import parse_hosts
 
     limits = Limits(max_upload_mb=max_upload_mb, request_timeout_s=request_timeout, job_timeout_s=job_timeout,
                     upload_timeout_s=upload_timeout)
     settings = ServeSettings(model=model, model_dir=model_dir, work_dir=work_dir or default_work_dir(), workers=workers,
                              max_queue=max_queue, api_key=api_key or None, top_k=top_k, asr_model=asr_model,
-                             keep_hours=keep_hours, limits=limits)
+                             keep_hours=keep_hours, limits=limits, allowed_hosts=parse_hosts(allowed_hosts, host))
     from rich.markup import escape
 
     console.print(escape(f"mmva serve on http://{host}:{port} (work dir {settings.work_dir}, {workers} workers"
                          f"{', API key required' if settings.api_key else ''})"))
     uvicorn.run(create_app(settings), host=host, port=port, limit_concurrency=max_connections,
+                http=guarded_protocol(header_timeout, max_connections), timeout_keep_alive=keep_alive_timeout,
                 log_level=log_level, timeout_graceful_shutdown=10)

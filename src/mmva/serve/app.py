@@ -25,16 +25,18 @@ import os
 import tempfile
 import threading
 import time
+import uuid
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import anyio
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -44,9 +46,17 @@ from mmva.serve.jobs import (FINISHED, Job, JobCancelled, JobInput, JobManager, 
                              QueueFull)
 from mmva.serve.limits import (Limits, RequestError, media_type, new_upload_path, read_json,
                                save_multipart_upload, save_raw_upload)
+from mmva.serve.origin import LOOPBACK_HOSTS, OriginGuard
 
 log = logging.getLogger("mmva.serve")
+T = TypeVar("T")
 MAX_TEXTS = 512  # texts in one request
+# What a text request may make the model read: more than any model keeps (the default model reads 96
+# tokens of a text and one previous turn), so the cut never changes an answer, only bounds its cost.
+MAX_TEXT_CHARS = 10_000  # the first characters of each text, the last of each context turn
+MAX_CONTEXT_TURNS = 8  # the most recent turns of a context
+TEXT_CHUNK = 32  # texts analysed between checks that the client is still there
+DISCONNECT_POLL_S = 0.25
 
 
 def default_work_dir() -> str:
@@ -68,6 +78,8 @@ class ServeSettings:
     asr_model: str | None = None
     keep_hours: float = 168.0  # finished jobs are kept this long
     limits: Limits = field(default_factory=Limits)
+    # Host header names served ("*": any); the bound host names (see origin.allowed_hosts_for).
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
 
     @property
     def jobs_dir(self) -> Path:
@@ -89,6 +101,9 @@ class Service:
         self.model_info: dict[str, Any] = {}
         self.text_limiter = anyio.CapacityLimiter(settings.limits.text_concurrency)
         self.text_waiting = 0
+        self.text_running = 0  # text requests the model is working on (threads, not awaiting tasks)
+        self.text_stopped = 0  # text requests stopped because their client left
+        self._text_lock = threading.Lock()
         _clear_folder(settings.upload_dir)  # uploads left by a crash belong to no request
         self.jobs = JobManager(settings.jobs_dir, self.run_media, workers=settings.workers,
                                max_queue=settings.max_queue, job_timeout_s=settings.limits.job_timeout_s,
@@ -139,10 +154,11 @@ class Service:
             raise RequestError(422, f"{inp.name}: {exc.reason}") from exc
         except (RequestError, JobCancelled, JobTimedOut):
             raise
-        except Exception as exc:
-            log.exception("analysis of %s failed", inp.name)
-            message = f"{type(exc).__name__}: {exc}".replace(str(path), inp.name)
-            raise RequestError(500, f"{inp.name}: analysis failed: {message}") from exc
+        except Exception as exc:  # the message may name server files: logged, not answered
+            ref = uuid.uuid4().hex[:12]
+            log.exception("analysis of %s failed (reference %s)", inp.name, ref)
+            raise RequestError(500, f"{inp.name}: analysis failed: internal error {type(exc).__name__} "
+                                    f"(reference {ref}; the server log has the details)") from exc
         finally:
             if fetched and path:
                 Path(path).unlink(missing_ok=True)
@@ -150,16 +166,32 @@ class Service:
         out["source"] = inp.name
         return out
 
-    def analyze_texts(self, body: dict[str, Any]) -> dict[str, Any]:
+    def analyze_texts(self, body: dict[str, Any], stop: threading.Event | None = None) -> dict[str, Any]:
         """Answer a ``{"text": ...}`` request through :func:`mmva.model.predictor.analyze_text`.
 
-        The reply has the analyze JSON's shape (a timeline of text-only utterances, no times).
+        The reply has the analyze JSON's shape (a timeline of text-only utterances, no times). The
+        texts go to the model :data:`TEXT_CHUNK` at a time; once ``stop`` is set (the client left),
+        no further chunk starts.
         """
         from mmva.analyze.timeline import Timeline, utterance_from_dict
         from mmva.model.predictor import analyze_text
 
         texts, contexts, top_k = _text_request(body, self.settings.top_k)
-        results = analyze_text(texts, top_k=top_k, contexts=contexts, model=self.model)
+        results: list[dict[str, Any]] = []
+        with self._text_lock:
+            self.text_running += 1
+        try:
+            for s in range(0, len(texts), TEXT_CHUNK):
+                if stop is not None and stop.is_set():
+                    raise RequestError(499, "the client closed the connection; the work was stopped")
+                chunk = [t[:MAX_TEXT_CHARS] for t in texts[s: s + TEXT_CHUNK]]
+                results += analyze_text(chunk, top_k=top_k, model=self.model,
+                                        contexts=contexts[s: s + TEXT_CHUNK] if contexts else None)
+        finally:
+            with self._text_lock:
+                self.text_running -= 1
+        for text, r in zip(texts, results):
+            r["text"] = text  # the reply shows the whole text the client sent
         timeline = Timeline(source="text", utterances=[utterance_from_dict(r) for r in results],
                             segmentation="text", model=dict(self.model_info))
         return timeline.to_dict()
@@ -200,19 +232,27 @@ class Service:
             raise RequestError(job.error_status or 500, job.error or f"job {job.state}")
         return job.result or {}
 
-    async def text_request(self, body: dict[str, Any]) -> dict:
+    def client_left(self, stop: threading.Event) -> None:
+        stop.set()
+        with self._text_lock:
+            self.text_stopped += 1
+
+    async def text_request(self, body: dict[str, Any], stop: threading.Event | None = None) -> dict:
         limits = self.settings.limits
+        stop = stop or threading.Event()
         if self.text_waiting >= limits.text_concurrency + limits.text_queue:
             raise RequestError(503, "server busy with text requests; retry later", {"Retry-After": "1"})
         self.text_waiting += 1
         try:
             with anyio.fail_after(limits.request_timeout_s):
                 # abandon_on_cancel: answer 504 at the deadline even though a thread cannot be stopped
-                return await anyio.to_thread.run_sync(self.analyze_texts, body, limiter=self.text_limiter,
+                # at once; ``stop`` ends its work at the next chunk.
+                return await anyio.to_thread.run_sync(self.analyze_texts, body, stop, limiter=self.text_limiter,
                                                       abandon_on_cancel=True)
         except TimeoutError as exc:
             raise RequestError(504, f"text request not answered within {limits.request_timeout_s:g} s") from exc
         finally:
+            stop.set()  # answered, timed out or cancelled: an abandoned thread starts no new chunk
             self.text_waiting -= 1
 
 
@@ -258,15 +298,43 @@ def _text_request(body: dict[str, Any], default_top_k: int) -> tuple[list[str], 
     contexts = body.get("context", body.get("contexts"))
     if contexts is not None:
         if isinstance(contexts, list) and contexts and all(isinstance(c, str) for c in contexts):
-            contexts = [contexts] * len(texts)  # one shared dialogue history
-        if (not isinstance(contexts, list) or len(contexts) != len(texts)
-                or not all(isinstance(c, list) and all(isinstance(s, str) for s in c) for c in contexts)):
+            contexts = [_kept_context(contexts)] * len(texts)  # one shared dialogue history, checked once
+        elif (isinstance(contexts, list) and len(contexts) == len(texts)
+                and all(isinstance(c, list) and all(isinstance(s, str) for s in c) for c in contexts)):
+            contexts = [_kept_context(c) for c in contexts]
+        else:
             raise RequestError(400, '"context" must be a list of previous utterances (strings), '
                                     "or one such list per text")
     top_k = body.get("top_k", default_top_k)
     if not isinstance(top_k, int) or not 1 <= top_k <= 7:
         raise RequestError(400, '"top_k" must be an integer from 1 to 7')
     return texts, contexts, top_k
+
+
+def _kept_context(turns: list[str]) -> list[str]:
+    """The part of a context any model reads: its last turns, each cut to its last characters."""
+    return [t[-MAX_TEXT_CHARS:] for t in turns[-MAX_CONTEXT_TURNS:]]
+
+
+async def _while_connected(request: Request, work: Awaitable[T], on_leave: Callable[[], None]) -> T:
+    """Await ``work``; if the client disconnects first, call ``on_leave`` and cancel it (499).
+
+    Neither uvicorn nor Starlette stops a handler whose client has gone, so a request that is
+    abandoned halfway would otherwise keep its worker busy to the end.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                on_leave()
+                log.info("%s %s: the client left; its work was stopped", request.method, request.url.path)
+                raise RequestError(499, "the client closed the connection; the work was stopped")
+    finally:
+        if not task.done():
+            task.cancel()
 
 
 def _s3_uri_of(body: Any) -> str:
@@ -341,8 +409,11 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+        # The message and traceback can name server files: they go to the log, the client gets a
+        # reference to find them there.
+        ref = uuid.uuid4().hex[:12]
+        log.exception("unhandled error on %s %s (reference %s)", request.method, request.url.path, ref)
+        return _error(500, f"internal error (reference {ref}; the server log has the details)")
 
 
 def create_app(settings: ServeSettings | None = None) -> FastAPI:
@@ -356,9 +427,12 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         yield
         service.jobs.shutdown(wait=False)
 
-    app = FastAPI(title="mmva", version=__version__, lifespan=lifespan,
+    # /docs and /openapi.json are added by _add_routes, behind the API key like the rest of the API.
+    app = FastAPI(title="mmva", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None,
                   description="Per-utterance emotion and sentiment of videos (SageMaker inference contract).")
     app.state.service = service
+    app.add_middleware(OriginGuard, allowed_hosts=settings.allowed_hosts)
     _install_error_handlers(app)
 
     def require_key(request: Request) -> None:
@@ -375,23 +449,35 @@ def _add_routes(app: FastAPI, service: Service, authed: list[Any]) -> None:
     settings = service.settings
 
     @app.get("/ping")
-    def ping() -> JSONResponse:
+    def ping() -> JSONResponse:  # open to anyone: the reason a load failed (it names files) is in /info
         if not service.ready:
-            return _error(503, f"not ready: {service.model_error or 'the model is still loading'}")
+            why = "the model could not be loaded (GET /info or the server log says why)" if service.model_error \
+                else "the model is still loading"
+            return _error(503, f"not ready: {why}")
         return JSONResponse({"status": "ok"})
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(str(resources.files("mmva") / "serve" / "static" / "index.html"))
 
-    @app.get("/info")
+    @app.get("/info", dependencies=authed)
     def info() -> dict[str, Any]:
         return {"version": __version__, "ready": service.ready, "model_error": service.model_error,
                 "model": service.model_info.get("name"),
                 "auth_required": bool(settings.api_key), "limits": asdict(settings.limits),
-                "jobs": service.jobs.stats()}
+                "allowed_hosts": list(settings.allowed_hosts), "jobs": service.jobs.stats(),
+                "text": {"running": service.text_running, "waiting": service.text_waiting,
+                         "stopped_client_gone": service.text_stopped}}
 
-    @app.get("/execution-parameters", include_in_schema=False)
+    @app.get("/openapi.json", include_in_schema=False, dependencies=authed)
+    def openapi() -> dict[str, Any]:
+        return app.openapi()
+
+    @app.get("/docs", include_in_schema=False, dependencies=authed)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="mmva API")
+
+    @app.get("/execution-parameters", include_in_schema=False, dependencies=authed)
     def execution_parameters() -> dict[str, Any]:  # SageMaker batch transform asks for these
         return {"MaxConcurrentTransforms": settings.workers, "BatchStrategy": "SINGLE_RECORD",
                 "MaxPayloadInMB": max(1, int(settings.limits.max_upload_mb))}
@@ -403,11 +489,16 @@ def _add_routes(app: FastAPI, service: Service, authed: list[Any]) -> None:
         if media_type(request.headers.get("content-type")) == "application/json":
             body = await read_json(request, settings.limits)
             if isinstance(body, dict) and "text" in body:
-                return _render(await service.text_request(body), fmt)
+                stop = threading.Event()
+                return _render(await _while_connected(request, service.text_request(body, stop),
+                                                      lambda: service.client_left(stop)), fmt)
             uri = _s3_uri_of(body)
             await anyio.to_thread.run_sync(check_s3_object, uri, settings.limits)
-            return _render(await service.run_sync(JobInput(kind="s3", name=uri, uri=uri)), fmt)
-        return _render(await service.run_sync(await service.receive_media(request)), fmt)
+            inp = JobInput(kind="s3", name=uri, uri=uri)
+        else:
+            inp = await service.receive_media(request)
+        # Cancelling run_sync cancels its job (the worker stops at the analysis' next progress report).
+        return _render(await _while_connected(request, service.run_sync(inp), lambda: None), fmt)
 
     @app.post("/jobs", status_code=202, dependencies=authed)
     async def submit_job(request: Request) -> JSONResponse:

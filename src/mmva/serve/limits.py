@@ -38,6 +38,7 @@ _TYPE_TO_EXTENSION = {
     "audio/ogg": ".ogg", "audio/opus": ".opus", "audio/webm": ".webm",
 }
 _CHUNK = 1 << 16
+MAX_JSON_DEPTH = 32  # levels of nesting a JSON request may have (real requests use 3)
 
 
 class RequestError(Exception):
@@ -149,9 +150,37 @@ async def read_json(request: Any, limits: Limits) -> Any:
                                        "JSON body"):
         body += chunk
     try:
-        return json.loads(bytes(body) or b"null")
+        value = json.loads(bytes(body) or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RequestError(400, f"request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise RequestError(400, f"request body nests JSON deeper than {MAX_JSON_DEPTH} levels") from exc
+    check_json_value(value)
+    return value
+
+
+def check_json_value(value: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """400 for JSON no request needs: nesting deeper than ``max_depth`` (recursive code downstream
+    would raise RecursionError) or a lone UTF-16 surrogate such as ``"\\ud800"`` (valid JSON, but no
+    text: UTF-8 encoders and tokenizers fail on it).
+
+    >>> check_json_value(json.loads('{"text": "\\\\ud83d\\\\ude00"}'))  # a pair is an emoji: fine
+    """
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > max_depth:
+                raise RequestError(400, f"request body nests JSON deeper than {max_depth} levels")
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                bad = ord(item[exc.start])
+                raise RequestError(400, f"request body has a lone UTF-16 surrogate (\\u{bad:04x}) in a "
+                                        "string; send valid Unicode text") from exc
 
 
 def new_upload_path(folder: str | os.PathLike, suffix: str) -> Path:
