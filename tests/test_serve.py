@@ -323,6 +323,7 @@ def test_routes_that_need_the_key(server: ServerProcess) -> None:
     with server.client() as anon, server.client(headers={"X-API-Key": KEY}) as keyed:
         for path in ("/ping", "/", "/static/app.js"):
             assert anon.get(path).status_code == 200, path
+        assert anon.get("/ping").json() == {"status": "ok", "auth_required": True}  # the page asks for the key
         for path in ("/info", "/docs", "/openapi.json", "/execution-parameters", "/jobs"):
             assert anon.get(path).status_code == 401, path
             assert keyed.get(path).status_code == 200, path

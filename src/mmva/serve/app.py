@@ -450,11 +450,12 @@ def _add_routes(app: FastAPI, service: Service, authed: list[Any]) -> None:
 
     @app.get("/ping")
     def ping() -> JSONResponse:  # open to anyone: the reason a load failed (it names files) is in /info
+        needs_key = {"auth_required": bool(settings.api_key)}  # for the web page, which may not have the key
         if not service.ready:
             why = "the model could not be loaded (GET /info or the server log says why)" if service.model_error \
                 else "the model is still loading"
-            return _error(503, f"not ready: {why}")
-        return JSONResponse({"status": "ok"})
+            return JSONResponse({"error": f"not ready: {why}", "status": 503, **needs_key}, status_code=503)
+        return JSONResponse({"status": "ok", **needs_key})
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:

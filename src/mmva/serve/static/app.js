@@ -229,11 +229,9 @@ async function init() {
   $("cancel").addEventListener("click", onCancel);
   $("api-key").value = localStorage.getItem("mmva-api-key") || "";
   try {
-    const response = await fetch("/info", { headers: apiHeaders() });
-    if (response.status === 401) { $("key-row").hidden = false; return; }  // /info needs the key too
-    const info = await response.json();
-    $("key-row").hidden = !info.auth_required;
-    if (!info.ready) setStatus(info.model_error ? "model failed to load: " + info.model_error : "the model is loading…", !!info.model_error);
+    const ping = await (await fetch("/ping")).json();  // open; /info needs the key like the rest of the API
+    $("key-row").hidden = !ping.auth_required;
+    if (ping.error) setStatus(ping.error, !ping.error.includes("loading"));
   } catch (e) { setStatus("the server could not be reached", true); }
 }
 
