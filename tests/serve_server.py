@@ -2,7 +2,7 @@
 
 Also a pytest plugin (registered in conftest.py): ``serve_server`` is one server shared by the whole
 session (API key ``SERVE_KEY``, 2 workers, a queue of 2, 2 MB uploads, 2 s for a request's headers,
-S3 on the moto server), so
+2 live sessions of at most 30 s, S3 on the moto server), so
 the model loads once for all serve tests rather than once per file.
 """
 
@@ -115,9 +115,12 @@ def wait_job(client: httpx.Client, job_id: str, timeout: float = 120.0) -> dict:
 SERVE_KEY = "test-key-123"
 SERVE_MAX_UPLOAD_MB = 2
 SERVE_HEADER_TIMEOUT = 2  # seconds: short, so the slow-header tests wait little
+SERVE_LIVE_SESSIONS = 2  # WS /stream sessions at once
+SERVE_LIVE_MAX_SECONDS = 30  # of audio per live session
 SERVE_ARGS = ("--api-key", SERVE_KEY, "--workers", "2", "--max-queue", "2",
               "--max-upload-mb", str(SERVE_MAX_UPLOAD_MB), "--request-timeout", "120",
-              "--header-timeout", str(SERVE_HEADER_TIMEOUT))
+              "--header-timeout", str(SERVE_HEADER_TIMEOUT), "--live-sessions", str(SERVE_LIVE_SESSIONS),
+              "--live-max-minutes", str(SERVE_LIVE_MAX_SECONDS / 60))
 
 
 @pytest.fixture(scope="session")

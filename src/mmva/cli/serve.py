@@ -39,6 +39,8 @@ def serve_cmd(
     allowed_hosts: Optional[str] = typer.Option(None, "--allowed-hosts", envvar="MMVA_ALLOWED_HOSTS",
                                                 help="Host header names served, comma-separated (*.example.com, "
                                                      "<ip> = any IP address, * = any); default: the names of --host."),
+    live_sessions: int = typer.Option(4, help="Live analysis sessions (WS /stream) at once."),
+    live_max_minutes: float = typer.Option(60.0, help="Minutes of audio one live session may send."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
 ) -> None:
     """Serve the analyzer over HTTP: GET /ping, POST /invocations, /jobs, and a web page at /."""
@@ -47,17 +49,21 @@ def serve_cmd(
     from mmva.serve.app import ServeSettings, create_app, default_work_dir
     from mmva.serve.connections import guarded_protocol
     from mmva.serve.limits import Limits
+    from mmva.serve.live import LiveLimits
     from mmva.serve.origin import parse_hosts
 
     limits = Limits(max_upload_mb=max_upload_mb, request_timeout_s=request_timeout, job_timeout_s=job_timeout,
                     upload_timeout_s=upload_timeout)
     settings = ServeSettings(model=model, model_dir=model_dir, work_dir=work_dir or default_work_dir(), workers=workers,
                              max_queue=max_queue, api_key=api_key or None, top_k=top_k, asr_model=asr_model,
-                             keep_hours=keep_hours, limits=limits, allowed_hosts=parse_hosts(allowed_hosts, host))
+                             keep_hours=keep_hours, limits=limits, allowed_hosts=parse_hosts(allowed_hosts, host),
+                             live=LiveLimits(max_sessions=live_sessions, max_seconds=live_max_minutes * 60))
     from rich.markup import escape
 
     console.print(escape(f"mmva serve on http://{host}:{port} (work dir {settings.work_dir}, {workers} workers"
                          f"{', API key required' if settings.api_key else ''})"))
     uvicorn.run(create_app(settings), host=host, port=port, limit_concurrency=max_connections,
                 http=guarded_protocol(header_timeout, max_connections), timeout_keep_alive=keep_alive_timeout,
-                log_level=log_level, timeout_graceful_shutdown=10)
+                log_level=log_level, timeout_graceful_shutdown=10,
+                # Messages a little over the live limit still arrive, to be refused with a JSON reason.
+                ws_max_size=2 * settings.live.max_message_bytes)

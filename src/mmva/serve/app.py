@@ -9,6 +9,7 @@ Routes (each a few lines over a library function):
 - ``POST /jobs`` (same media inputs) -> 202 ``{"id", ...}``; ``GET /jobs/{id}``; ``GET /jobs/{id}/result``;
   ``DELETE /jobs/{id}`` or ``POST /jobs/{id}/cancel``; ``GET /jobs``.
 - ``GET /`` the web page (static files served by the app, nothing from a CDN), ``GET /info``.
+- ``WS /stream``: live analysis of audio (and JPEG frames) sent as it is captured (:mod:`mmva.serve.live`).
 
 Example::
 
@@ -46,6 +47,7 @@ from mmva.serve.jobs import (FINISHED, Job, JobCancelled, JobInput, JobManager, 
                              QueueFull)
 from mmva.serve.limits import (Limits, RequestError, media_type, new_upload_path, read_json,
                                save_multipart_upload, save_raw_upload)
+from mmva.serve.live import LiveLimits, LiveSessions, add_stream_route
 from mmva.serve.origin import LOOPBACK_HOSTS, OriginGuard
 
 log = logging.getLogger("mmva.serve")
@@ -80,6 +82,7 @@ class ServeSettings:
     limits: Limits = field(default_factory=Limits)
     # Host header names served ("*": any); the bound host names (see origin.allowed_hosts_for).
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    live: LiveLimits = field(default_factory=LiveLimits)  # WS /stream sessions
 
     @property
     def jobs_dir(self) -> Path:
@@ -105,6 +108,7 @@ class Service:
         self.text_stopped = 0  # text requests stopped because their client left
         self._text_lock = threading.Lock()
         _clear_folder(settings.upload_dir)  # uploads left by a crash belong to no request
+        self.live = LiveSessions(settings.live)
         self.jobs = JobManager(settings.jobs_dir, self.run_media, workers=settings.workers,
                                max_queue=settings.max_queue, job_timeout_s=settings.limits.job_timeout_s,
                                keep_hours=settings.keep_hours)
@@ -440,6 +444,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
     authed = [Depends(require_key)]
     _add_routes(app, service, authed)
+    add_stream_route(app, service)
     static = resources.files("mmva") / "serve" / "static"
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
     return app
@@ -468,7 +473,8 @@ def _add_routes(app: FastAPI, service: Service, authed: list[Any]) -> None:
                 "auth_required": bool(settings.api_key), "limits": asdict(settings.limits),
                 "allowed_hosts": list(settings.allowed_hosts), "jobs": service.jobs.stats(),
                 "text": {"running": service.text_running, "waiting": service.text_waiting,
-                         "stopped_client_gone": service.text_stopped}}
+                         "stopped_client_gone": service.text_stopped},
+                "live": service.live.stats()}
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=authed)
     def openapi() -> dict[str, Any]:
