@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 import typer
@@ -42,11 +43,14 @@ def serve_cmd(
     live_sessions: int = typer.Option(4, help="Live analysis sessions (WS /stream) at once."),
     live_max_minutes: float = typer.Option(60.0, help="Minutes of audio one live session may send."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
+    log_format: str = typer.Option("json", help="json: one JSON object per line (request id, route, status, "
+                                                "duration; job stages), for log collectors; text: for a terminal."),
 ) -> None:
     """Serve the analyzer over HTTP: GET /ping, POST /invocations, /jobs, and a web page at /."""
     import uvicorn
 
     from mmva.serve.app import ServeSettings, create_app, default_work_dir
+    from mmva.serve.logs import configure_json_logging
     from mmva.serve.connections import guarded_protocol
     from mmva.serve.limits import Limits
     from mmva.serve.live import LiveLimits
@@ -58,12 +62,23 @@ def serve_cmd(
                              max_queue=max_queue, api_key=api_key or None, top_k=top_k, asr_model=asr_model,
                              keep_hours=keep_hours, limits=limits, allowed_hosts=parse_hosts(allowed_hosts, host),
                              live=LiveLimits(max_sessions=live_sessions, max_seconds=live_max_minutes * 60))
+    if log_format not in ("json", "text"):
+        raise typer.BadParameter("--log-format must be json or text")
+    if log_format == "json":
+        configure_json_logging(log_level)
     from rich.markup import escape
 
-    console.print(escape(f"mmva serve on http://{host}:{port} (work dir {settings.work_dir}, {workers} workers"
-                         f"{', API key required' if settings.api_key else ''})"))
+    banner = (f"mmva serve on http://{host}:{port} (work dir {settings.work_dir}, {workers} workers"
+              f"{', API key required' if settings.api_key else ''})")
+    if log_format == "json":  # every stderr line stays a JSON object
+        logging.getLogger("mmva.serve").info(banner, extra={"event": "start", "port": port})
+    else:
+        console.print(escape(banner))
     uvicorn.run(create_app(settings), host=host, port=port, limit_concurrency=max_connections,
                 http=guarded_protocol(header_timeout, max_connections), timeout_keep_alive=keep_alive_timeout,
                 log_level=log_level, timeout_graceful_shutdown=10,
                 # Messages a little over the live limit still arrive, to be refused with a JSON reason.
-                ws_max_size=2 * settings.live.max_message_bytes)
+                ws_max_size=2 * settings.live.max_message_bytes,
+                # mmva logs each request itself (with its request id); JSON: uvicorn's own lines go to
+                # the root logger's JSON handler instead of its default text handlers.
+                access_log=False, log_config=None if log_format == "json" else uvicorn.config.LOGGING_CONFIG)

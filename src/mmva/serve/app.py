@@ -10,6 +10,7 @@ Routes (each a few lines over a library function):
   ``DELETE /jobs/{id}`` or ``POST /jobs/{id}/cancel``; ``GET /jobs``.
 - ``GET /`` the web page (static files served by the app, nothing from a CDN), ``GET /info``.
 - ``WS /stream``: live analysis of audio (and JPEG frames) sent as it is captured (:mod:`mmva.serve.live`).
+- ``GET /metrics``: Prometheus metrics (:mod:`mmva.serve.metrics`); every answer carries ``X-Request-ID``.
 
 Example::
 
@@ -48,6 +49,7 @@ from mmva.serve.jobs import (FINISHED, Job, JobCancelled, JobInput, JobManager, 
 from mmva.serve.limits import (Limits, RequestError, media_type, new_upload_path, read_json,
                                save_multipart_upload, save_raw_upload)
 from mmva.serve.live import LiveLimits, LiveSessions, add_stream_route
+from mmva.serve.metrics import RequestObserver, ServiceMetrics
 from mmva.serve.origin import LOOPBACK_HOSTS, OriginGuard
 
 log = logging.getLogger("mmva.serve")
@@ -109,9 +111,19 @@ class Service:
         self._text_lock = threading.Lock()
         _clear_folder(settings.upload_dir)  # uploads left by a crash belong to no request
         self.live = LiveSessions(settings.live)
+        self.metrics = ServiceMetrics()
         self.jobs = JobManager(settings.jobs_dir, self.run_media, workers=settings.workers,
                                max_queue=settings.max_queue, job_timeout_s=settings.limits.job_timeout_s,
-                               keep_hours=settings.keep_hours)
+                               keep_hours=settings.keep_hours,
+                               on_finish=lambda job: self.metrics.finished.labels(state=job.state).inc())
+        self.metrics.watch(self.live_figures)
+
+    def live_figures(self) -> dict[str, float]:
+        """The gauges /metrics reads at each scrape."""
+        jobs = self.jobs.stats()
+        return {"mmva_jobs_queued": jobs["queued"], "mmva_jobs_running": jobs["running"],
+                "mmva_jobs_workers": jobs["workers"], "mmva_text_requests_running": self.text_running,
+                "mmva_model_ready": float(self.ready)}
 
     # -- model ------------------------------------------------------------------------------------
 
@@ -124,8 +136,10 @@ class Service:
             self.model_path = self.settings.model or _model_path(self.settings.model_dir)
             self.model = load_predictor(self.model_path)
             self.model_info = dict(self.model.describe())
-            log.info("model loaded from %s in %.1f s", self.model_path or "the package",
-                     time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.metrics.model_load.set(seconds)
+            log.info("model loaded from %s in %.1f s", self.model_path or "the package", seconds,
+                     extra={"event": "model_loaded", "seconds": round(seconds, 3), "model": self.model_info.get("name")})
             self.jobs.resume()
         except Exception as exc:  # /ping reports it; the server stays up to say why
             self.model_error = f"{type(exc).__name__}: {exc}"
@@ -152,8 +166,10 @@ class Service:
             if inp.kind == "s3":
                 progress("downloading", 0.0)
                 path, fetched = fetch_s3(inp.uri or "", self.settings.upload_dir, self.settings.limits), True
+            started = time.perf_counter()
             timeline = analyze(str(path), progress=progress, top_k=self.settings.top_k,
                                asr_model=self.settings.asr_model, model=self.model)
+            self.metrics.analysed(time.perf_counter() - started, timeline.duration or 0.0)
         except MediaError as exc:  # name the user's file, never the server's temp path
             raise RequestError(422, f"{inp.name}: {exc.reason}") from exc
         except (RequestError, JobCancelled, JobTimedOut):
@@ -222,6 +238,7 @@ class Service:
             job = self.jobs.submit(inp, persist=False, timeout_s=timeout)
         except QueueFull as exc:
             _discard(inp)
+            self.metrics.refused.labels(kind="sync").inc()
             raise RequestError(503, f"server busy: {exc}; retry later", {"Retry-After": "10"}) from exc
         try:
             await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(job.future)), timeout)
@@ -245,6 +262,7 @@ class Service:
         limits = self.settings.limits
         stop = stop or threading.Event()
         if self.text_waiting >= limits.text_concurrency + limits.text_queue:
+            self.metrics.refused.labels(kind="text").inc()
             raise RequestError(503, "server busy with text requests; retry later", {"Retry-After": "1"})
         self.text_waiting += 1
         try:
@@ -417,7 +435,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         # reference to find them there.
         ref = uuid.uuid4().hex[:12]
         log.exception("unhandled error on %s %s (reference %s)", request.method, request.url.path, ref)
-        return _error(500, f"internal error (reference {ref}; the server log has the details)")
+        # Starlette re-raises the error after this answer and uvicorn then closes the connection: say so,
+        # or a keep-alive client sends its next request into the closing socket (connection reset).
+        return _error(500, f"internal error (reference {ref}; the server log has the details)",
+                      {"Connection": "close"})
 
 
 def create_app(settings: ServeSettings | None = None) -> FastAPI:
@@ -437,6 +458,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
                   description="Per-utterance emotion and sentiment of videos (SageMaker inference contract).")
     app.state.service = service
     app.add_middleware(OriginGuard, allowed_hosts=settings.allowed_hosts)
+    app.add_middleware(RequestObserver, metrics=service.metrics)  # outermost: sees refusals too
     _install_error_handlers(app)
 
     def require_key(request: Request) -> None:
@@ -475,6 +497,11 @@ def _add_routes(app: FastAPI, service: Service, authed: list[Any]) -> None:
                 "text": {"running": service.text_running, "waiting": service.text_waiting,
                          "stopped_client_gone": service.text_stopped},
                 "live": service.live.stats()}
+
+    @app.get("/metrics", include_in_schema=False, dependencies=authed)
+    def metrics() -> Response:  # Prometheus scrapes this (with the key as a bearer token when set)
+        body, content_type = service.metrics.render()
+        return Response(body, media_type=content_type)
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=authed)
     def openapi() -> dict[str, Any]:
@@ -515,6 +542,7 @@ def _add_routes(app: FastAPI, service: Service, authed: list[Any]) -> None:
             job = service.jobs.submit(inp)
         except QueueFull as exc:
             _discard(inp)
+            service.metrics.refused.labels(kind="job").inc()
             raise RequestError(429, f"too many jobs: {exc}; retry later", {"Retry-After": "30"}) from exc
         return JSONResponse(_job_links(job), status_code=202, headers={"Location": f"/jobs/{job.id}"})
 

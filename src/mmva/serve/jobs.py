@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 from mmva.io.storage import write_text_atomic
 from mmva.serve.limits import RequestError
+from mmva.serve.logs import current_request_id
 
 log = logging.getLogger("mmva.serve")
 
@@ -86,6 +87,7 @@ class Job:
     error_status: int | None = None
     timeout_s: float | None = None
     restarts: int = 0  # times a server restart re-queued this job
+    request_id: str | None = None  # the request that submitted it (in its log lines)
     result: dict | None = None  # kept in memory only for non-persisted (synchronous) jobs
     cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
     ended: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -109,9 +111,18 @@ class Job:
     def record(self) -> dict[str, Any]:
         """What job.json stores (enough to rebuild the job after a restart)."""
         out = {k: getattr(self, k) for k in ("id", "state", "stage", "progress", "created", "started",
-                                             "finished", "error", "error_status", "timeout_s", "restarts")}
+                                             "finished", "error", "error_status", "timeout_s", "restarts",
+                                             "request_id")}
         out["input"] = asdict(self.input)
         return out
+
+
+def _log_stage(job: Job) -> None:
+    """One log line per job state or analysis stage (a JSON line under ``mmva serve``)."""
+    log.info("job %s %s: %s %.0f%%", job.id[:8], job.state, job.stage, job.progress * 100,
+             extra={"event": "job_stage", "job_id": job.id, "request_id": job.request_id,
+                    "kind": "job" if job.persist else "sync", "source": job.input.name, "state": job.state,
+                    "stage": job.stage, "progress": round(job.progress, 4), "error": job.error})
 
 
 def _iso(ts: float | None) -> str | None:
@@ -122,7 +133,8 @@ class JobManager:
     """Runs jobs on ``workers`` threads with at most ``max_queue`` waiting; persists them under ``root``."""
 
     def __init__(self, root: str | Path, runner: Runner, *, workers: int = 2, max_queue: int = 8,
-                 job_timeout_s: float = 3600.0, keep_hours: float = 168.0) -> None:
+                 job_timeout_s: float = 3600.0, keep_hours: float = 168.0,
+                 on_finish: Callable[[Job], None] | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.runner = runner
@@ -130,6 +142,7 @@ class JobManager:
         self.max_queue = max(0, max_queue)
         self.job_timeout_s = job_timeout_s
         self.keep_hours = keep_hours
+        self.on_finish = on_finish  # called (lock held, keep it short) when a job ends: metrics
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._closing = False
@@ -144,7 +157,7 @@ class JobManager:
 
         A persisted job takes ownership of ``inp.path`` (moved into its folder).
         """
-        job = Job(id=uuid.uuid4().hex, input=inp, persist=persist,
+        job = Job(id=uuid.uuid4().hex, input=inp, persist=persist, request_id=current_request_id(),
                   timeout_s=timeout_s if timeout_s is not None else self.job_timeout_s)
         with self._lock:
             if self._active() >= self.workers + self.max_queue:
@@ -154,6 +167,7 @@ class JobManager:
             self._jobs[job.id] = job
             self._save(job)
             job.future = self._pool.submit(self._run, job)
+        _log_stage(job)
         return job
 
     def get(self, job_id: str) -> Job:
@@ -240,6 +254,7 @@ class JobManager:
             job.state, job.stage, job.started = "running", "starting", time.time()
             job.deadline = time.monotonic() + job.timeout_s if job.timeout_s else None
             self._save(job)
+        _log_stage(job)
         try:
             result = self.runner(job.input, lambda stage, frac: self._progress(job, stage, frac))
             if job.cancel_requested.is_set():
@@ -270,8 +285,11 @@ class JobManager:
             raise JobCancelled()
         if job.deadline is not None and time.monotonic() > job.deadline:
             raise JobTimedOut()
+        changed = job.stage != str(stage)
         job.stage = str(stage)
         job.progress = min(1.0, max(0.0, float(fraction)))
+        if changed:
+            _log_stage(job)
         if time.monotonic() - job.saved_at >= _SAVE_EVERY_S:
             self._save(job)
 
@@ -291,6 +309,9 @@ class JobManager:
             Path(job.input.path).unlink(missing_ok=True)  # uploads never outlive their job
         self._save(job)
         job.ended.set()
+        _log_stage(job)
+        if self.on_finish is not None:
+            self.on_finish(job)
         if not job.persist:
             self._jobs.pop(job.id, None)
 
