@@ -108,16 +108,19 @@ function svg(tag, attrs, parent) {
   return el;
 }
 
-function drawTimeline(result) {
+// `prefix` names the elements drawn into ("live-" for the Live tab); `result.view_start` (seconds)
+// starts the time axis later, for the rolling live view.
+function drawTimeline(result, prefix = "") {
   const utts = result.utterances || [];
   const ends = utts.map((u) => u.end_time || 0);
-  const duration = Math.max(result.duration || 0, ...ends, 1);
+  const t0 = result.view_start || 0;
+  const duration = Math.max(result.duration || 0, ...ends, t0 + 1);
   const W = 1000, left = 80, right = 10, lane = 22, topPad = 10;
   const plotW = W - left - right;
   const sentY = topPad + EMOTIONS.length * lane + 8;
   const H = sentY + lane + 28;
-  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", id: "timeline-svg" });
-  const x = (t) => left + (t / duration) * plotW;
+  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", id: prefix + "timeline-svg" });
+  const x = (t) => left + (Math.max(0, t - t0) / (duration - t0)) * plotW;
   EMOTIONS.forEach((emo, i) => {
     const y = topPad + i * lane;
     svg("rect", { x: left, y, width: plotW, height: lane - 2, fill: i % 2 ? "#fafbfc" : "#f1f4f8" }, root);
@@ -142,14 +145,14 @@ function drawTimeline(result) {
   });
   const axisY = sentY + lane + 4;
   svg("line", { x1: left, x2: left + plotW, y1: axisY, y2: axisY, stroke: "#999" }, root);
-  const step = niceStep(duration / 8);
-  for (let t = 0; t <= duration + 1e-9; t += step) {
+  const step = niceStep((duration - t0) / 8);
+  for (let t = Math.ceil(t0 / step) * step; t <= duration + 1e-9; t += step) {
     svg("line", { x1: x(t), x2: x(t), y1: axisY, y2: axisY + 4, stroke: "#999" }, root);
     const tick = svg("text", { x: x(t), y: axisY + 16, "text-anchor": "middle", "font-size": 11, fill: "#555" }, root);
     tick.textContent = formatTime(t);
   }
-  $("timeline").replaceChildren(root);
-  $("legend").replaceChildren(...EMOTIONS.map((emo) => {
+  $(prefix + "timeline").replaceChildren(root);
+  $(prefix + "legend").replaceChildren(...EMOTIONS.map((emo) => {
     const span = document.createElement("span");
     const swatch = document.createElement("i");
     swatch.style.background = COLORS[emo];
@@ -168,7 +171,7 @@ function formatTime(t) {
   return m ? `${m}:${String(Math.round(s)).padStart(2, "0")}` : `${+s.toFixed(1)}s`;
 }
 
-function fillTable(result) {
+function fillTable(result, tableId = "utterances") {
   const rows = (result.utterances || []).map((u) => {
     const tr = document.createElement("tr");
     const emo = best(u.emotions), sent = best(u.sentiments);
@@ -185,7 +188,7 @@ function fillTable(result) {
     }
     return tr;
   });
-  $("utterances").tBodies[0].replaceChildren(...rows);
+  $(tableId).tBodies[0].replaceChildren(...rows);
 }
 
 function render(result) {
@@ -224,7 +227,16 @@ async function onCancel() {
   if (!response.ok) setStatus(await errorText(response), true);
 }
 
+function showTab(live) {
+  $("file-view").hidden = live;
+  $("live-view").hidden = !live;
+  $("tab-file").setAttribute("aria-selected", String(!live));
+  $("tab-live").setAttribute("aria-selected", String(live));
+}
+
 async function init() {
+  $("tab-file").addEventListener("click", () => showTab(false));
+  $("tab-live").addEventListener("click", () => showTab(true));
   $("upload-form").addEventListener("submit", onSubmit);
   $("cancel").addEventListener("click", onCancel);
   $("api-key").value = localStorage.getItem("mmva-api-key") || "";
