@@ -63,6 +63,9 @@ fi
 # An old pip (23.x) gives up on the boto3/aiobotocore/botocore pins that a current pip resolves.
 "$py" -m pip install -q --upgrade "pip>=24"
 "$py" -m pip install -q -e ".${extras}"
+# Speaker diarization: only the GE2E weights inside the resemblyzer wheel are used; --no-deps skips its
+# webrtcvad dependency, which needs a C compiler to build and is not used (pyproject's [diarize] extra).
+"$py" -m pip install -q --no-deps "resemblyzer>=0.1.4,<0.2"
 if [ -n "$in_env" ]; then
   echo "mmva installed: try 'mmva analyze --sample'"
 else

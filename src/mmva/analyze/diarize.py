@@ -2,14 +2,17 @@
 
 Steps (the usual embedding-clustering recipe, e.g. Wang et al. 2018, "Speaker diarization with LSTM"):
 
-1. windows of 1.6 s every 0.4 s inside the voice-activity regions (a shorter region is one window);
+1. windows of 1.6 s every 0.8 s inside the voice-activity regions (a shorter region is one window);
 2. a GE2E speaker embedding per window (:mod:`mmva.encoders.speaker`, resemblyzer's weights);
-3. scikit-learn's agglomerative clustering (cosine distance, average linkage): with the number of
-   speakers given, that many clusters; otherwise clusters closer than ``threshold`` merge, clusters
-   with too little speech are absorbed by the nearest speaker, and the count is kept within
-   ``min_speakers``/``max_speakers``;
-4. each word (or subtitle cue) takes the speaker of the windows it overlaps; inside an utterance a
-   change of speaker that lasts at least ``min_turn`` seconds on both sides splits it.
+3. segments: up to 3 consecutive windows of one region (about 3 s), their embeddings averaged (a
+   voice varies with what is said and how; the average is steadier than one window);
+4. scikit-learn's agglomerative clustering of the segments (cosine distance, average linkage): with
+   the number of speakers given, that many clusters; otherwise clusters closer than ``threshold``
+   merge, clusters with too little speech are absorbed by the nearest speaker, and the count is
+   kept within ``min_speakers``/``max_speakers``;
+5. each window takes the speaker whose centroid is nearest; each word (or subtitle cue) the speaker
+   of the windows it overlaps; inside an utterance a change of speaker that lasts at least
+   ``min_turn`` seconds on both sides splits it.
 
 Long media is analysed in windows of minutes (:mod:`mmva.analyze.pipeline`); a :class:`Diarizer`
 keeps the embeddings seen so far (a bounded sample) with their speakers, clusters them again with
@@ -47,11 +50,12 @@ class DiarizeOptions:
     min_speakers: int | None = None
     max_speakers: int | None = None
     threshold: float = 0.3
-    hop: float = 0.4
+    hop: float = 0.8
+    segment_windows: int = 3  # consecutive windows of one region averaged into one clustering unit
     min_region: float = 0.3  # voice regions shorter than this get no window of their own
     min_speaker_time: float = 1.5
     min_turn: float = 1.0
-    max_windows: int = 3000  # past windows kept for re-clustering (a bounded, evenly spread sample)
+    max_segments: int = 2000  # past segments kept for re-clustering (a bounded, evenly spread sample)
 
     def __post_init__(self) -> None:
         for name in ("speakers", "min_speakers", "max_speakers"):
@@ -76,31 +80,58 @@ def speaker_name(index: int) -> str:
     return f"Speaker {index + 1}"
 
 
-def window_spans(regions: Sequence[tuple[float, float]], hop: float = 0.4,
+def window_spans(regions: Sequence[tuple[float, float]], hop: float = 0.8,
                  min_region: float = 0.3) -> list[tuple[float, float]]:
     """1.6 s windows every ``hop`` seconds inside each voice region; a shorter region is one window.
 
     >>> window_spans([(0.0, 2.0), (3.0, 3.5), (4.0, 4.1)])
     [(0.0, 1.6), (0.4, 2.0), (3.0, 3.5)]
     """
-    spans: list[tuple[float, float]] = []
-    for s, e in regions:
+    return [span for span, _ in _windows(regions, hop, min_region)]
+
+
+def _windows(regions: Sequence[tuple[float, float]], hop: float,
+             min_region: float) -> list[tuple[tuple[float, float], int]]:
+    """(window span, index of its region) for :func:`window_spans`."""
+    out: list[tuple[tuple[float, float], int]] = []
+    for r, (s, e) in enumerate(regions):
         if e - s < min_region:
             continue
         if e - s <= WINDOW:
-            spans.append((round(s, 3), round(e, 3)))
+            out.append(((round(s, 3), round(e, 3)), r))
             continue
         n = int(np.ceil((e - s - WINDOW) / hop)) + 1
         starts = np.minimum(s + hop * np.arange(n), e - WINDOW)
-        spans.extend((round(float(a), 3), round(float(a) + WINDOW, 3)) for a in starts)
-    return spans
+        out.extend(((round(float(a), 3), round(float(a) + WINDOW, 3)), r) for a in starts)
+    return out
 
 
-def cluster(embeddings: np.ndarray, options: DiarizeOptions, window_seconds: float | None = None) -> np.ndarray:
+def _segments(regions_of: Sequence[int], size: int, emb: np.ndarray | None = None,
+              max_distance: float = 2.0) -> list[list[int]]:
+    """Window indices grouped into runs of at most ``size`` consecutive windows of one region; a run
+    also ends where the next window is farther than ``max_distance`` (cosine) from the run's mean,
+    so a change of voice inside one region starts a new run.
+
+    >>> _segments([0, 0, 0, 0, 1, 2, 2], 3)
+    [[0, 1, 2], [3], [4], [5, 6]]
+    """
+    out: list[list[int]] = []
+    for i, r in enumerate(regions_of):
+        if out and regions_of[out[-1][0]] == r and len(out[-1]) < size:
+            if emb is None or 1.0 - float(_unit(emb[out[-1]].mean(0)) @ emb[i]) <= max_distance:
+                out[-1].append(i)
+                continue
+        out.append([i])
+    return out
+
+
+def cluster(embeddings: np.ndarray, options: DiarizeOptions, seconds: np.ndarray | None = None,
+            several: bool | None = None) -> np.ndarray:
     """Cluster ids (0..k-1, in order of first appearance) of unit speaker embeddings (n, d).
 
-    ``window_seconds``: speech each window stands for (default: ``options.hop``), for the
-    minimum-speech rule.
+    ``seconds``: speech each embedding stands for (default: ``options.hop`` each), for the
+    minimum-speech rule. ``several``: whether more than one voice is heard, when the caller knows
+    better (from finer windows); None decides from ``embeddings`` with ``options.threshold``.
     """
     from sklearn.cluster import AgglomerativeClustering
 
@@ -118,20 +149,56 @@ def cluster(embeddings: np.ndarray, options: DiarizeOptions, window_seconds: flo
 
     if options.speakers is not None:
         return _first_appearance(fixed(options.speakers))
-    labels = AgglomerativeClustering(n_clusters=None, distance_threshold=options.threshold, metric="cosine",
-                                     linkage="average").fit_predict(embeddings)
-    labels = _absorb_small(embeddings, labels, options.min_speaker_time / (window_seconds or options.hop))
-    k = len(np.unique(labels))
-    lo, hi = options.min_speakers or 1, options.max_speakers or n
-    if not lo <= k <= hi:
+    weight = np.full(n, options.hop) if seconds is None else np.asarray(seconds, float)
+    if several is None:
+        several = count_voices(embeddings, options, weight) > 1
+    k = 2 if several else 1
+    labels = np.zeros(n, int)
+    lo, hi = options.min_speakers or 1, min(options.max_speakers or MAX_AUTO, n)
+    if k > 1 or lo > 1:
+        # More than one voice: how many is decided by the silhouette of each cut, which depends
+        # less on one distance threshold than the threshold cut itself.
+        k, labels = _best_by_silhouette(embeddings, max(2, lo), max(2, hi), fixed)
+    elif not lo <= k <= hi:
         labels = fixed(min(max(k, lo), hi))
     return _first_appearance(labels)
 
 
-def _absorb_small(emb: np.ndarray, labels: np.ndarray, min_windows: float) -> np.ndarray:
-    """Windows of clusters with fewer than ``min_windows`` windows join the nearest large cluster."""
-    ids, counts = np.unique(labels, return_counts=True)
-    big = ids[counts >= min_windows]
+MAX_AUTO = 8  # the most speakers found automatically (without --speakers or --max-speakers)
+
+
+def count_voices(embeddings: np.ndarray, options: DiarizeOptions, seconds: np.ndarray) -> int:
+    """Voices in ``embeddings`` by the distance threshold (average linkage), clusters with less than
+    ``min_speaker_time`` of speech not counted."""
+    from sklearn.cluster import AgglomerativeClustering
+
+    if len(embeddings) < 2:
+        return len(embeddings)
+    labels = AgglomerativeClustering(n_clusters=None, distance_threshold=options.threshold, metric="cosine",
+                                     linkage="average").fit_predict(embeddings)
+    return len(np.unique(_absorb_small(embeddings, labels, seconds, options.min_speaker_time)))
+
+
+def _best_by_silhouette(emb: np.ndarray, lo: int, hi: int, fixed: Any) -> tuple[int, np.ndarray]:
+    from sklearn.metrics import silhouette_score
+
+    best: tuple[float, int, np.ndarray] | None = None
+    for k in range(lo, max(lo, hi) + 1):
+        labels = fixed(k)
+        if len(np.unique(labels)) < 2 or len(np.unique(labels)) >= len(emb):
+            score = -1.0
+        else:
+            score = float(silhouette_score(emb, labels, metric="cosine"))
+        if best is None or score > best[0]:
+            best = (score, k, labels)
+    assert best is not None
+    return best[1], best[2]
+
+
+def _absorb_small(emb: np.ndarray, labels: np.ndarray, seconds: np.ndarray, min_seconds: float) -> np.ndarray:
+    """Members of clusters with less than ``min_seconds`` of speech join the nearest large cluster."""
+    ids = np.unique(labels)
+    big = np.array([c for c in ids if seconds[labels == c].sum() >= min_seconds], dtype=labels.dtype)
     if len(big) == 0 or len(big) == len(ids):
         return labels
     centroids = np.stack([emb[labels == c].mean(0) for c in big])
@@ -236,23 +303,38 @@ class Diarizer:
         self.encoder = encoder
         self._emb = np.zeros((0, 0), np.float32)  # past windows kept for re-clustering
         self._ids = np.zeros(0, int)  # their speaker index
+        self._seconds = np.zeros(0)  # the speech each stands for
         self.n_speakers = 0
 
     def track(self, audio: np.ndarray, regions: Sequence[tuple[float, float]]) -> SpeakerTrack:
         """Speakers of the voice ``regions`` (seconds into ``audio``, 16 kHz mono)."""
-        spans = window_spans(regions, self.options.hop, self.options.min_region)
-        if not spans:
+        opts = self.options
+        windows = _windows(regions, opts.hop, opts.min_region)
+        if not windows:
             return SpeakerTrack()
-        emb = np.asarray(self.encoder.embed_windows(audio, spans), np.float32)
-        ids = self._assign(emb)
+        spans = [span for span, _ in windows]
+        emb = np.asarray(self.encoder.embed_windows(audio, spans), np.float32)  # (w, d)
+        groups = _segments([r for _, r in windows], opts.segment_windows, emb, opts.threshold)
+        seg = _unit(np.stack([emb[g].mean(0) for g in groups]))  # (s, d)
+        seconds = np.array([spans[g[-1]][1] - spans[g[0]][0] for g in groups])
+        # Whether several voices are heard is judged on the windows: segments that straddle a change
+        # of voice blur the difference.
+        several = self.n_speakers > 1 or count_voices(emb, opts, np.full(len(emb), opts.hop)) > 1
+        seg_ids = self._assign(seg, seconds, several)
+        # Each window: the nearest centroid among the speakers of this audio (finer than segments,
+        # so a change of voice inside a long region is seen).
+        present = np.unique(seg_ids)
+        centroids = _unit(np.stack([seg[seg_ids == i].mean(0) for i in present]))
+        ids = present[np.argmax(emb @ centroids.T, axis=1)] if len(present) > 1 else np.full(len(emb), present[0])
         return SpeakerTrack(spans, [speaker_name(int(i)) for i in ids])
 
-    def _assign(self, emb: np.ndarray) -> np.ndarray:
+    def _assign(self, emb: np.ndarray, seconds: np.ndarray, several: bool | None = None) -> np.ndarray:
         from scipy.optimize import linear_sum_assignment
 
         n_old = len(self._ids)
         both = np.concatenate([self._emb, emb]) if n_old else emb
-        clusters = cluster(both, self.options)
+        clusters = cluster(both, self.options, np.concatenate([self._seconds, seconds]) if n_old else seconds,
+                           several)
         new = clusters[n_old:]
         mapping: dict[int, int] = {}
         if n_old:
@@ -267,12 +349,18 @@ class Diarizer:
                 mapping[int(c)] = self.n_speakers
                 self.n_speakers += 1
         ids = np.array([mapping[int(c)] for c in new], dtype=int)
-        self._keep(emb, ids)
+        self._keep(emb, ids, seconds)
         return ids
 
-    def _keep(self, emb: np.ndarray, ids: np.ndarray) -> None:
-        self._emb = np.concatenate([self._emb, emb]) if len(self._ids) else emb
+    def _keep(self, emb: np.ndarray, ids: np.ndarray, seconds: np.ndarray) -> None:
+        n_old = len(self._ids)
+        self._emb = np.concatenate([self._emb, emb]) if n_old else emb
+        self._seconds = np.concatenate([self._seconds, seconds]) if n_old else seconds
         self._ids = np.concatenate([self._ids, ids])
-        if len(self._ids) > self.options.max_windows:  # bound memory and clustering time on long media
-            keep = np.linspace(0, len(self._ids) - 1, self.options.max_windows).round().astype(int)
-            self._emb, self._ids = self._emb[keep], self._ids[keep]
+        if len(self._ids) > self.options.max_segments:  # bound memory and clustering time on long media
+            keep = np.linspace(0, len(self._ids) - 1, self.options.max_segments).round().astype(int)
+            self._emb, self._ids, self._seconds = self._emb[keep], self._ids[keep], self._seconds[keep]
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True).clip(1e-8)

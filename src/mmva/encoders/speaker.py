@@ -104,15 +104,21 @@ class SpeakerEncoder(nn.Module):
         """
         if not spans:
             return np.zeros((0, EMBED_DIM), np.float32)
+        # One mel spectrogram for the whole audio; each window is then volume-normalised as each
+        # training utterance was: scaling audio by g scales its power mel by g^2.
+        mel = mel_frames(audio)
+        target = 10 ** (TARGET_DBFS / 20)
         windows = []
         for start, end in spans:
             if end - start > WINDOW_FRAMES * HOP / SAMPLE_RATE:  # longer than 1.6 s: its middle
                 mid = (start + end) / 2
                 start, end = mid - 0.8, mid + 0.8
             a, b = max(0, int(round(start * SAMPLE_RATE))), min(len(audio), int(round(end * SAMPLE_RATE)))
-            # Volume-normalised per window, as each training utterance was.
-            mel = mel_frames(normalise_volume(audio[a:max(b, a + HOP)]))[:WINDOW_FRAMES]
-            windows.append(np.resize(mel, (WINDOW_FRAMES, N_MELS)) if len(mel) < WINDOW_FRAMES else mel)
+            rms = float(np.sqrt(np.mean(np.square(audio[a:b], dtype=np.float64)))) if b > a else 0.0
+            gain = (target / rms) ** 2 if rms >= 1e-5 else 1.0
+            fa = min(a // HOP, len(mel) - 1)
+            w = mel[fa:max(fa + 1, min(b // HOP, fa + WINDOW_FRAMES))] * np.float32(gain)
+            windows.append(np.resize(w, (WINDOW_FRAMES, N_MELS)) if len(w) < WINDOW_FRAMES else w)
         x = torch.from_numpy(np.stack(windows))
         with self._lock:
             out = [self(x[i:i + batch]) for i in range(0, len(x), batch)]
