@@ -21,7 +21,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Sequence
 
 import lightning as L
 import torch
@@ -252,8 +252,11 @@ def _build_trainer(config: Config, run_dir: str, callbacks: list[Callback], prog
 
 # -- the entry point ----------------------------------------------------------------------------
 def fit(config: Config, data: str, out_dir: str, *, resume: bool = False, train_split: str = "train",
-        dev_split: str = "dev", progress: bool = True) -> FitResult:
+        dev_split: str = "dev", progress: bool = True, callbacks: Sequence[Callback] = ()) -> FitResult:
     """Train ``config``'s model on corpus ``data`` into ``out_dir``; ``resume`` continues its last.ckpt.
+
+    ``callbacks`` are added to the trainer's own (``mmva tune`` reports each epoch's dev score and
+    prunes through one).
 
     >>> # from mmva.config import load_config
     >>> # fit(load_config("tiny", ["train.epochs=3"]), "corpus/", "runs/tiny").metrics["emotion"]["weighted_f1"]
@@ -292,10 +295,10 @@ def fit(config: Config, data: str, out_dir: str, *, resume: bool = False, train_
                                   monitor=MONITOR, mode="max", save_top_k=config.train.save_top_k,
                                   save_last=True, enable_version_counter=False)
     meter = Throughput()
-    callbacks: list[Callback] = [ckpt_cb, meter, LearningRateMonitor(logging_interval="step"),
-                                 EarlyStopping(MONITOR, mode="max", patience=config.train.patience,
-                                               check_on_train_epoch_end=False)]
-    trainer = _build_trainer(config, run_dir, callbacks, progress)
+    own: list[Callback] = [ckpt_cb, meter, LearningRateMonitor(logging_interval="step"),
+                           EarlyStopping(MONITOR, mode="max", patience=config.train.patience,
+                                         check_on_train_epoch_end=False)]
+    trainer = _build_trainer(config, run_dir, [*own, *callbacks], progress)
     started = time.perf_counter()
     try:
         trainer.fit(task, train_loader, dev_loader, ckpt_path=last_ckpt if resume else None, weights_only=True)
