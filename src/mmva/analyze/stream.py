@@ -193,10 +193,13 @@ class LiveAnalyzer:
 
     # -- input ------------------------------------------------------------------------------------
 
-    def feed_audio(self, pcm: bytes | np.ndarray, *, partials: bool = True) -> list[Event]:
+    def feed_audio(self, pcm: bytes | np.ndarray, *, partials: bool = True,
+                   received_at: float | None = None) -> list[Event]:
         """Add audio (16 kHz mono: int16 PCM bytes or array, or float32); returns the events it finished.
 
-        ``partials=False`` skips partial transcripts (a caller that has fallen behind real time).
+        ``partials=False`` skips partial transcripts (a caller that has fallen behind real time);
+        ``received_at``: when the chunk arrived (``clock`` time), for a caller that queues chunks
+        before feeding them, so that ``delay`` counts the wait in the queue too.
         """
         audio = pcm_to_float(pcm)
         if audio.size == 0:
@@ -204,7 +207,7 @@ class LiveAnalyzer:
         self._buf = np.concatenate([self._buf, audio])
         self._fed += audio.size
         self._unchecked += audio.size
-        self._arrivals.append((self.time, self.clock()))
+        self._arrivals.append((self.time, self.clock() if received_at is None else received_at))
         if self._unchecked < self.options.step * SAMPLE_RATE:
             return []
         self._unchecked = 0

@@ -29,6 +29,7 @@ import logging
 import math
 import queue
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -117,7 +118,7 @@ class _Worker(threading.Thread):
     def put_audio(self, audio: np.ndarray) -> None:
         with self._lock:
             self.backlog += audio.size / SAMPLE_RATE
-        self.items.put(("audio", audio))
+        self.items.put(("audio", audio, time.monotonic()))
 
     def put_frame(self, t: float | None, data: bytes) -> None:
         self.items.put(("frame", t, data))
@@ -134,7 +135,7 @@ class _Worker(threading.Thread):
                 item = self.items.get()
                 events: list[Any] = []
                 if item[0] == "audio":
-                    events = live.feed_audio(item[1], partials=self.items.empty())
+                    events = live.feed_audio(item[1], partials=self.items.empty(), received_at=item[2])
                     with self._lock:
                         self.backlog -= item[1].size / SAMPLE_RATE
                 elif item[0] == "frame":
