@@ -266,10 +266,36 @@ def section_other(ex: dict | None, sv: dict | None, vo: dict | None = None) -> s
     return "\n".join(out)
 
 
+def section_diarize(dz: dict | None) -> str:
+    out = ["### Speaker diarization", ""]
+    if not dz:
+        return "\n".join(out + ["`diarize.json`: not run yet (`python benchmarks/bench_diarize.py`).", ""])
+    th = f"{dz['default_threshold']:g}"
+    given = dz.get("two_speakers_given", {})
+    rows = [[name, r[th]["n"], round(100 * r[th]["der"], 1), round(100 * r[th]["der_median"], 1),
+             round(100 * r[th]["count_accuracy"], 1), round(100 * given[name]["der"], 1) if name in given else None]
+            for name, r in dz["by_threshold"].items()]
+    out += ["Generated conversations of 2, 3 and 4 speakers (10 turns each; `espeak`: espeak-ng voices; the "
+            "others: real speakers of that shared speech-emotion corpus, clips concatenated), oracle voice "
+            "activity, DER by pyannote.metrics with no collar, x100 (bench_diarize.py):", "",
+            table(["set", "conversations", "DER (speech-weighted)", "DER median", "speaker count right, %",
+                   "DER, 2-speaker talks with --speakers 2"], rows), ""]
+    if len(next(iter(dz["by_threshold"].values()))) > 1:
+        sweep = [[name, *[round(100 * v["der"], 1) for v in r.values()]] for name, r in dz["by_threshold"].items()]
+        out += ["DER by clustering threshold:", "",
+                table(["set", *next(iter(dz["by_threshold"].values())).keys()], sweep), ""]
+    out += [table(["input", "speech (s)", "diarization (s)", "x real time"],
+                  [[f"{c['audio_seconds']:g} s", c["speech_seconds"], c["diarize_seconds"],
+                    round(c["audio_seconds"] / c["diarize_seconds"], 1)] for c in dz.get("cost", [])]), "",
+            machine_line("diarize", dz), ""]
+    return "\n".join(out)
+
+
 SECTIONS: list[tuple[tuple[str, ...], Callable[..., str]]] = [
     (("scaling", "analyze"), section_targets),
     (("scaling", "analyze"), section_speed), (("train",), section_train),
     (("meld_dev", "text_accuracy", "fusion"), section_accuracy), (("extract", "serve_load", "voice"), section_other),
+    (("diarize",), section_diarize),
 ]
 
 
