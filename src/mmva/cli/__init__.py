@@ -27,7 +27,7 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug
 
 # Each module registers its commands on `app` when imported. One line per module keeps additions
 # from different features independent of each other.
-for _name in ("train", "data", "extract", "analyze", "serve", "cloud", "info", "models", "voice", "heads", "live", "tune"):
+for _name in ("train", "data", "extract", "analyze", "serve", "cloud", "info", "models", "voice", "heads", "live", "tune", "batch"):
     try:
         importlib.import_module(f"mmva.cli.{_name}")
     except ModuleNotFoundError as _exc:
