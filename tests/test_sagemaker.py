@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from mmva.cli import app
 from mmva.cloud import package
-from mmva.cloud.sagemaker import (DeploySpec, SageMakerRequestError, TrainingJobSpec, deploy_requests,
-                                  training_job_request)
+from mmva.cloud.sagemaker import (DeploySpec, SageMakerRequestError, TrainingJobSpec, TransformSpec, deploy_requests,
+                                  training_job_request, transform_requests)
 from mmva.config import load_config
 from mmva.model.checkpoint import load_model, save_checkpoint
 from mmva.model.multimodal import MultimodalSentimentAnalyzer
@@ -102,6 +102,44 @@ def test_realtime_endpoint_has_no_async_config():
                                           model_data="s3://m/model.tar.gz")))
     assert "AsyncInferenceConfig" not in ops["create_endpoint_config"]
     assert ops["create_endpoint"] == {"EndpointName": "rt", "EndpointConfigName": "rt"}
+
+
+def test_batch_transform_dry_run_and_limits():
+    (op,) = _cli_json(["sagemaker", "transform", "--input", "s3://archive/videos/", "--output", "s3://archive/out/",
+                       "--model-name", "mmva-rt", "--job-name", "mmva-transform-1", "--instance-count", "3",
+                       "--timeout", "1800", "--dry-run"])
+    assert op["operation"] == "create_transform_job"
+    job = op["request"]
+    assert job["BatchStrategy"] == "SingleRecord" and job["TransformInput"]["SplitType"] == "None"
+    assert job["TransformInput"]["DataSource"]["S3DataSource"] == {"S3DataType": "S3Prefix",
+                                                                   "S3Uri": "s3://archive/videos/"}
+    assert job["TransformOutput"]["Accept"] == "application/json"
+    assert job["TransformResources"] == {"InstanceType": "ml.m5.xlarge", "InstanceCount": 3}
+    # The container's own request timeout follows the job's (docker/serve reads it).
+    assert job["ModelClientConfig"]["InvocationsTimeoutInSeconds"] == 1800
+    assert job["Environment"]["SAGEMAKER_MODEL_SERVER_TIMEOUT"] == "1800"
+    base = dict(job_name="t", input="s3://a/v/", output="s3://a/o/", model_name="m")
+    for bad, match in (({"max_payload_mb": 500}, "1-100 MB"), ({"timeout_s": 7200}, "1-3600 s"),
+                       ({"input": "/local/videos"}, "s3://"), ({"model_data": "s3://m/model.tar.gz"}, "image")):
+        with pytest.raises(SageMakerRequestError, match=match):
+            transform_requests(TransformSpec(**{**base, **bad}))
+    result = runner.invoke(app, ["sagemaker", "transform", "--input", "s3://a/v/", "--output", "s3://a/o/", "--dry-run"])
+    assert result.exit_code != 0 and "model-name" in result.output
+
+
+def test_batch_transform_is_recorded_by_moto(aws_env):
+    result = runner.invoke(app, ["sagemaker", "transform", "--input", "s3://archive/videos/",
+                                 "--output", "s3://archive/out/", "--model-data", "s3://models/out/model.tar.gz",
+                                 "--image", IMAGE, "--role", ROLE, "--model-name", "mmva-batch-model",
+                                 "--job-name", "mmva-transform-moto", "--instance-count", "2"])
+    assert result.exit_code == 0, result.output
+    sm = boto3.client("sagemaker")
+    assert sm.describe_model(ModelName="mmva-batch-model")["PrimaryContainer"]["Image"] == IMAGE
+    desc = sm.describe_transform_job(TransformJobName="mmva-transform-moto")
+    assert desc["ModelName"] == "mmva-batch-model"
+    assert desc["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"] == "s3://archive/videos/"
+    assert desc["TransformOutput"]["S3OutputPath"] == "s3://archive/out/"
+    assert desc["TransformResources"]["InstanceCount"] == 2
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""`mmva sagemaker train|deploy|package`, `mmva sagemaker-entry`, `mmva copy`: thin CLI layers."""
+"""`mmva sagemaker train|deploy|transform|package`, `mmva sagemaker-entry`, `mmva copy`: thin CLI layers."""
 
 from __future__ import annotations
 
@@ -109,6 +109,46 @@ def deploy_cmd(
                       async_output=async_output, async_failure=async_failure,
                       max_concurrent_per_instance=max_concurrent, environment=_pairs(env, "--env"))
     _emit(deploy_requests(spec), dry_run, region)
+
+
+@sagemaker_app.command("transform")
+def transform_cmd(
+    input: str = typer.Option(..., "--input", help="s3:// prefix of the videos (each object is one request)."),
+    output: str = typer.Option(..., "--output", help="s3:// prefix for the results: <key>.out, the analyze JSON."),
+    model_name: Optional[str] = typer.Option(None, "--model-name",
+                                             help="An existing SageMaker model (as `mmva sagemaker deploy` made)."),
+    model_data: Optional[str] = typer.Option(None, help="Or: s3:// model.tar.gz to create the model from "
+                                             "(with --image and --role)."),
+    image: Optional[str] = typer.Option(None, help="With --model-data: ECR image URI of the mmva container."),
+    role: Optional[str] = typer.Option(None, help="With --model-data: IAM role ARN SageMaker assumes."),
+    job_name: Optional[str] = typer.Option(None, help="Job name (default: mmva-transform-<timestamp>)."),
+    content_type: str = typer.Option("video/mp4", help="Content-Type of every request (application/octet-stream "
+                                     "for mixed formats: the container sniffs them)."),
+    instance_type: str = typer.Option("ml.m5.xlarge"),
+    instance_count: int = typer.Option(1, help="Instances; SageMaker splits the objects between them."),
+    max_concurrent: int = typer.Option(2, help="Requests at once per instance (the container's workers)."),
+    max_payload_mb: int = typer.Option(100, help="Largest video, MB (SageMaker allows at most 100)."),
+    timeout: int = typer.Option(3600, help="Seconds one video may take (SageMaker allows at most 3600)."),
+    retries: int = typer.Option(1, help="Retries per video after a failed invocation (0-3)."),
+    env: list[str] = typer.Option([], help="Container environment KEY=VALUE (repeatable)."),
+    region: Optional[str] = typer.Option(None),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the boto3 requests as JSON, send nothing."),
+) -> None:
+    """Start a SageMaker Batch Transform job: every video of an s3:// prefix through the serving container."""
+    from mmva.cloud.sagemaker import SageMakerRequestError, TransformSpec, transform_requests, unique_name
+
+    if not (model_name or model_data):
+        raise typer.BadParameter("give --model-name, or --model-data with --image and --role")
+    spec = TransformSpec(job_name=job_name or unique_name("mmva-transform"), input=input, output=output,
+                         model_name=model_name or unique_name("mmva-model"), image_uri=image, role_arn=role,
+                         model_data=model_data, content_type=content_type, instance_type=instance_type,
+                         instance_count=instance_count, max_concurrent=max_concurrent, max_payload_mb=max_payload_mb,
+                         timeout_s=timeout, retries=retries, environment=_pairs(env, "--env"))
+    try:
+        requests = transform_requests(spec)
+    except SageMakerRequestError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    _emit(requests, dry_run, region)
 
 
 @sagemaker_app.command("package")

@@ -203,6 +203,90 @@ def deploy_requests(spec: DeploySpec) -> list[tuple[str, dict[str, Any]]]:
     return [("create_model", model), ("create_endpoint_config", config), ("create_endpoint", endpoint)]
 
 
+@dataclass(frozen=True)
+class TransformSpec:
+    """What ``mmva sagemaker transform`` asks for: a Batch Transform job over an ``s3://`` prefix of videos.
+
+    Each object under ``input`` is sent whole as the body of ``POST /invocations`` to the serving
+    container (one record per file); its analyze JSON lands at ``output/<key>.out``. The model is
+    ``model_name`` (one ``mmva sagemaker deploy`` made), or is created from ``model_data`` with
+    ``image_uri`` and ``role_arn``. SageMaker's limits apply: a record is at most 100 MB
+    (``max_payload_mb``) and one invocation at most 3600 s (``timeout_s``); longer or larger videos
+    go to an asynchronous endpoint (1 GB, one hour) or ``mmva batch``.
+    """
+
+    job_name: str
+    input: str  # s3:// prefix of the videos
+    output: str  # s3:// prefix for the results
+    model_name: str
+    image_uri: str | None = None  # with role_arn and model_data: create the model first
+    role_arn: str | None = None
+    model_data: str | None = None
+    content_type: str = "video/mp4"  # one per job; application/octet-stream for mixed formats (sniffed)
+    instance_type: str = "ml.m5.xlarge"
+    instance_count: int = 1  # SageMaker splits the objects of the prefix between the instances
+    max_concurrent: int = 2  # requests at once per instance; also the container's analysis workers
+    max_payload_mb: int = 100
+    timeout_s: int = 3600
+    retries: int = 1  # per file, by SageMaker, after a failed or timed-out invocation (0-3)
+    environment: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def transform_requests(spec: TransformSpec) -> list[tuple[str, dict[str, Any]]]:
+    """``[(operation, kwargs)]``: ``create_model`` when the spec carries model data, then
+    ``create_transform_job``.
+
+    >>> spec = TransformSpec(job_name="mmva-batch-1", input="s3://b/videos/", output="s3://b/out/",
+    ...                      model_name="mmva-rt")
+    >>> [op for op, _ in transform_requests(spec)], transform_requests(spec)[0][1]["BatchStrategy"]
+    (['create_transform_job'], 'SingleRecord')
+    """
+    _check_name("job name", spec.job_name)
+    _check_name("model name", spec.model_name)
+    _check_s3("input", spec.input)
+    _check_s3("output", spec.output)
+    if spec.instance_count < 1 or spec.max_concurrent < 1:
+        raise SageMakerRequestError("instance count and max concurrent transforms must be at least 1")
+    if not 1 <= spec.max_payload_mb <= 100:
+        raise SageMakerRequestError(f"max payload {spec.max_payload_mb} MB: SageMaker allows 1-100 MB per record")
+    if not 1 <= spec.timeout_s <= 3600:
+        raise SageMakerRequestError(f"timeout {spec.timeout_s} s: SageMaker allows 1-3600 s per invocation")
+    if not 0 <= spec.retries <= 3:
+        raise SageMakerRequestError(f"retries {spec.retries}: SageMaker allows 0-3")
+    tags = [{"Key": k, "Value": v} for k, v in spec.tags.items()]
+    requests: list[tuple[str, dict[str, Any]]] = []
+    if spec.model_data or spec.image_uri:
+        if not (spec.model_data and spec.image_uri and spec.role_arn):
+            raise SageMakerRequestError("creating the model needs model data, an image and a role together")
+        model = deploy_requests(DeploySpec(name=spec.model_name, image_uri=spec.image_uri, role_arn=spec.role_arn,
+                                           model_data=spec.model_data, tags=spec.tags))[0]
+        requests.append(model)
+    job: dict[str, Any] = {
+        "TransformJobName": spec.job_name,
+        "ModelName": spec.model_name,
+        "MaxConcurrentTransforms": spec.max_concurrent,
+        "MaxPayloadInMB": spec.max_payload_mb,
+        "BatchStrategy": "SingleRecord",  # a video is one record: never split, never batched with another
+        "ModelClientConfig": {"InvocationsTimeoutInSeconds": spec.timeout_s,
+                              "InvocationsMaxRetries": spec.retries},
+        # The container's own limits must not be tighter than the job's (docker/serve reads these).
+        "Environment": {"SAGEMAKER_MODEL_SERVER_TIMEOUT": str(spec.timeout_s),
+                        "MMVA_WORKERS": str(spec.max_concurrent),
+                        "MMVA_MAX_UPLOAD_MB": str(spec.max_payload_mb), **spec.environment},
+        "TransformInput": {
+            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": spec.input}},
+            "ContentType": spec.content_type, "CompressionType": "None", "SplitType": "None",
+        },
+        "TransformOutput": {"S3OutputPath": spec.output, "Accept": "application/json", "AssembleWith": "None"},
+        "TransformResources": {"InstanceType": spec.instance_type, "InstanceCount": spec.instance_count},
+    }
+    if tags:
+        job["Tags"] = tags
+    requests.append(("create_transform_job", job))
+    return requests
+
+
 def sagemaker_client(region: str | None = None) -> Any:
     """A boto3 SageMaker client; credentials from the AWS chain, endpoint from ``AWS_ENDPOINT_URL``."""
     import boto3
