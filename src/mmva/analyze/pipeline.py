@@ -531,11 +531,12 @@ def expand_inputs(paths: list[str]) -> list[str]:
 def analyze_batch(paths: list[str], *, out_dir: str | None = None,
                   formats: tuple[str, ...] | list[str] = ("json",),
                   on_result: Callable[[str, Timeline | None, str | None], None] | None = None,
-                  **kwargs: Any) -> BatchResult:
+                  embed_video: bool = False, **kwargs: Any) -> BatchResult:
     """Analyse many files (directories expanded); a failing file is recorded and the rest go on.
 
     Each result is written as soon as it is ready (``out_dir``), so an interruption loses nothing
     already analysed. ``on_result(source, timeline, error)`` is called after every file.
+    ``embed_video`` writes a small playable copy beside each HTML report (see :func:`write_outputs`).
 
     >>> result = analyze_batch(["talks/"], out_dir="out", formats=["json", "html"])   # doctest: +SKIP
     >>> print(result.summary())                                                       # doctest: +SKIP
@@ -543,6 +544,7 @@ def analyze_batch(paths: list[str], *, out_dir: str | None = None,
       failed: talks/broken.mp4: not a readable media file (...)
     """
     from mmva.analyze.writers import OutputError, check_output_dir, plan_outputs, write_outputs
+    from mmva.io.media import MediaError
 
     t_start = time.perf_counter()
     result = BatchResult()
@@ -561,8 +563,9 @@ def analyze_batch(paths: list[str], *, out_dir: str | None = None,
         if out_dir is not None:
             try:
                 folder, stem = plan[src]
-                result.outputs[src] = write_outputs(timeline, folder, list(formats), stem, written=written)
-            except (OSError, OutputError) as exc:  # a full disk, a lost mount: this file failed
+                result.outputs[src] = write_outputs(timeline, folder, list(formats), stem, written=written,
+                                                    embed_video=embed_video)
+            except (OSError, OutputError, MediaError) as exc:  # a full disk, a lost mount: this file failed
                 reason = str(exc) if isinstance(exc, OutputError) else f"cannot write outputs: {exc}"
                 _batch_failure(result, src, reason, on_result)
                 continue

@@ -1,7 +1,11 @@
 """Self-contained HTML report: summary, an inline-SVG timeline plot and the utterance table.
 
-No CDN, no script: the file opens offline and can be mailed around. Geometry is computed here and the
-markup lives in ``templates/report.html.j2`` (Jinja2 autoescapes the transcript text).
+No CDN, nothing fetched from elsewhere: styles, the player's small script and the face thumbnails
+are inline, so the file opens offline and can be mailed around. With a ``video`` (a path relative to
+the report, see :class:`mmva.analyze.writers.HTMLWriter`) a player sits above the timeline: clicking
+an utterance or a point of the timeline seeks to it and the utterance playing is highlighted.
+Geometry is computed here and the markup lives in ``templates/report.html.j2`` (Jinja2 autoescapes
+the transcript text).
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ def timeline_plot(timeline: Timeline) -> dict[str, Any]:
         lane = EMOTIONS.index(top["label"])
         x, w = _LEFT + a * scale, max(2.0, (b - a) * scale)
         rects.append({"x": round(x, 1), "y": _TOP + lane * _LANE + 2, "w": round(w, 1), "h": _LANE - 4,
-                      "color": COLORS[top["label"]],
+                      "i": i, "start": a, "color": COLORS[top["label"]],
                       "opacity": round(0.35 + 0.65 * float(top["confidence"]), 3),
                       "title": f"#{i} {clock(u.start_time) if unit == 's' else ''} {top['label']} "
                                f"{top['confidence']:.0%}: {u.text}"})
@@ -89,7 +93,7 @@ def timeline_plot(timeline: Timeline) -> dict[str, Any]:
         "rects": rects, "sentiment": " ".join(f"{x},{y}" for x, y in points),
         "sent_top": _TOP + lanes_h + 10, "sent_mid": _TOP + lanes_h + 10 + (_SENT_H - 20) / 2,
         "sent_bottom": _TOP + lanes_h + _SENT_H - 10, "axis_y": _TOP + lanes_h + _SENT_H + 4,
-        "ticks": ticks, "unit": unit, "right": _W - 10,
+        "ticks": ticks, "unit": unit, "right": _W - 10, "scale": round(scale, 6),
     }
 
 
@@ -107,7 +111,7 @@ def speaker_plot(timeline: Timeline) -> dict[str, Any] | None:
             continue
         top = u.emotions[0] if u.emotions else None
         rects.append({"x": round(_LEFT + a * scale, 1), "y": _TOP + names.index(u.speaker) * _LANE + 2,
-                      "w": round(max(2.0, (b - a) * scale), 1), "h": _LANE - 4,
+                      "w": round(max(2.0, (b - a) * scale), 1), "h": _LANE - 4, "i": i, "start": a,
                       "color": COLORS[top["label"]] if top else "#cccccc",
                       "opacity": round(0.35 + 0.65 * float(top["confidence"]), 3) if top else 0.5,
                       "title": f"#{i} {clock(u.start_time)} {u.speaker}"
@@ -118,7 +122,7 @@ def speaker_plot(timeline: Timeline) -> dict[str, Any] | None:
              for k in range(int(length / step + 1e-9) + 1)]
     return {"width": _W, "height": height + 24, "left": _LEFT, "lane": _LANE, "top": _TOP, "right": _W - 10,
             "lanes": [{"label": n, "y": _TOP + i * _LANE} for i, n in enumerate(names)],
-            "rects": rects, "ticks": ticks, "axis_y": height + 4}
+            "rects": rects, "ticks": ticks, "axis_y": height + 4, "scale": round(scale, 6)}
 
 
 def _nice_step(length: float, target: int = 10) -> float:
@@ -129,13 +133,17 @@ def _nice_step(length: float, target: int = 10) -> float:
     return float(3600 * round(raw / 3600 + 0.5))
 
 
-def render_html(timeline: Timeline) -> str:
-    """The report as one HTML string.
+def render_html(timeline: Timeline, video: str | None = None) -> str:
+    """The report as one HTML string; ``video`` (a URL: a path relative to the report, a ``data:``
+    or ``blob:`` URL) puts a player above the timeline. Without one the player stays hidden until a
+    page embedding the report calls ``mmvaReport.setVideo(url)`` (the ``mmva serve`` page does).
 
     >>> from mmva.types import Utterance
     >>> utts = [Utterance(text="<b>", start_time=0, end_time=1)]
     >>> html = render_html(Timeline(source="a.mp4", duration=2.0, utterances=utts))
     >>> "<svg" in html and "&lt;b&gt;" in html and "http" not in html.split("<body")[1]
+    True
+    >>> 'src="talk%20one.mp4"' in render_html(Timeline(source="a.mp4", utterances=utts), video="talk%20one.mp4")
     True
     """
     summary = timeline.summary
@@ -145,6 +153,7 @@ def render_html(timeline: Timeline) -> str:
         s["x"], x = round(x * 100, 2), x + s["value"]
         s["w"] = round(s["value"] * 100, 2)
     return _template().render(t=timeline, summary=summary, plot=timeline_plot(timeline), share=share,
-                              speakers=speaker_plot(timeline),
+                              speakers=speaker_plot(timeline), video=video,
+                              faces=any(u.extra.get("face_crop") for u in timeline.utterances),
                               colors=COLORS, sentiment_colors=SENTIMENT_COLORS, emotions=EMOTIONS,
                               schema=SCHEMA_VERSION)

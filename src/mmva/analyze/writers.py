@@ -118,14 +118,48 @@ class VTTWriter(_SubtitleWriter):
 
 
 class HTMLWriter(Writer):
-    """Self-contained report (inline CSS and SVG, no network): see :mod:`mmva.analyze.report`."""
+    """Self-contained report (inline CSS, SVG and script, no network): see :mod:`mmva.analyze.report`.
+
+    ``video`` is the player's source, relative to the report. Unset, :meth:`write` links the
+    analysed file itself when it is a local file reachable from the report's folder; a report
+    written to ``s3://`` or of a remote source has no player unless given one (``--embed-video``).
+    """
 
     extension = "html"
+
+    def __init__(self, video: str | None = None) -> None:
+        self.video = video
 
     def to_string(self, timeline: Timeline) -> str:
         from mmva.analyze.report import render_html
 
-        return render_html(timeline)
+        return render_html(timeline, video=self.video)
+
+    def write(self, timeline: Timeline, path: str) -> str:
+        video = self.video if self.video is not None else media_link(timeline.source, path)
+        storage.write_text_atomic(path, HTMLWriter(video).to_string(timeline))
+        return path
+
+
+def media_link(source: str, report: str) -> str | None:
+    """The URL of ``source`` relative to the report at ``report`` (percent-encoded), or None when
+    either is remote, the source is not an existing video or audio file, or no relative path
+    joins them (another drive).
+
+    >>> media_link("talks/my talk.mp4", "reports/talk.mmva.html")   # doctest: +SKIP
+    '../talks/my%20talk.mp4'
+    """
+    from urllib.parse import quote
+
+    if storage.is_remote(source) or storage.is_remote(report) or not Path(source).is_file():
+        return None
+    if not _is_media(source):
+        return None
+    try:
+        rel = os.path.relpath(os.path.abspath(source), os.path.dirname(os.path.abspath(report)))
+    except ValueError:
+        return None
+    return quote(Path(rel).as_posix())
 
 
 _WRITERS: dict[str, Callable[[], Writer]] = {
@@ -245,24 +279,46 @@ def _key(path: str) -> str:
     return (path if storage.is_remote(path) else os.path.normpath(os.path.abspath(path))).casefold()
 
 
+def _is_media(source: str) -> bool:
+    """A video or audio file (not a subtitle file, a transcript or a text request)."""
+    from mmva.analyze.pipeline import input_kind
+
+    return bool(source) and source != "text" and input_kind(source) == "media"
+
+
 def write_outputs(timeline: Timeline, out_dir: str, formats: list[str], stem: str | None = None,
-                  written: set[str] | None = None) -> list[str]:
+                  written: set[str] | None = None, embed_video: bool = False) -> list[str]:
     """Write each format to ``out_dir/<stem>.<ext>``; returns the written paths.
 
     ``written`` is the set of outputs this command wrote before: a path in it is refused with an
     :class:`OutputError` (before anything of this timeline is written) instead of overwritten; the
-    new paths are added to it.
+    new paths are added to it. ``embed_video`` (with ``html``, for a video or audio source) first
+    writes a small playable copy ``<stem>.mp4`` (:func:`mmva.io.proxy.write_proxy`) beside the
+    report, and the report's player plays that copy.
     """
     stem = stem or output_stem(timeline.source)
+    proxy = embed_video and "html" in formats and _is_media(timeline.source)
     paths = [storage.join(out_dir, f"{stem}.{get_writer(fmt).extension}") for fmt in formats]
+    if proxy:
+        paths.insert(0, storage.join(out_dir, f"{stem}.mp4"))
     if written is not None:
         for path in paths:
             if _key(path) in written:
                 raise OutputError(f"{path}: already written by this command for another input; not overwritten")
     storage.makedirs(out_dir)
     done = []
-    for fmt, path in zip(formats, paths):
-        done.append(get_writer(fmt).write(timeline, path))
+    writers = [get_writer(fmt) for fmt in formats]
+    if proxy:
+        from urllib.parse import quote
+
+        from mmva.io.proxy import write_proxy
+
+        done.append(write_proxy(timeline.source, paths.pop(0)))
+        writers = [HTMLWriter(quote(f"{stem}.mp4")) if isinstance(w, HTMLWriter) else w for w in writers]
+        if written is not None:
+            written.add(_key(done[0]))
+    for writer, path in zip(writers, paths):
+        done.append(writer.write(timeline, path))
         if written is not None:
             written.add(_key(path))
     return done

@@ -78,6 +78,9 @@ def analyze_cmd(
     max_speakers: Optional[int] = typer.Option(None, "--max-speakers", min=1, help="At most this many speakers."),
     diarize: bool = typer.Option(True, "--diarize/--no-diarize",
                                  help="Name the speakers (Speaker 1, 2, ...) from their voices."),
+    embed_video: bool = typer.Option(False, "--embed-video",
+                                     help="With -f html: write a small playable copy of the media "
+                                          "(NAME.mmva.mp4) beside the report for its player."),
 ) -> None:
     """Per-utterance emotion and sentiment timeline; writes NAME.mmva.json (and other formats)."""
     from mmva.analyze.writers import parse_formats
@@ -88,11 +91,14 @@ def analyze_cmd(
         raise typer.BadParameter(str(exc), param_hint="--format") from None
     if device not in DEVICES:
         raise typer.BadParameter(f"{device!r} is not one of {', '.join(DEVICES)}", param_hint="--device")
+    if embed_video and "html" not in formats:
+        raise typer.BadParameter("the copy is for the HTML report's player: add html to -f", param_hint="--embed-video")
     who = _speaker_options(speakers, min_speakers, max_speakers, diarize)
     with _errors_only(quiet):
         predictor = _load_model(model, device)
         _analyze_files(list(paths or []), subtitles, formats, out, quiet, sample, regenerate,
-                       {"asr_model": asr_model, "device": device, "top_k": top_k, "model": predictor, **who})
+                       {"asr_model": asr_model, "device": device, "top_k": top_k, "model": predictor, **who},
+                       embed_video)
 
 
 def _speaker_options(speakers: int | None, min_speakers: int | None, max_speakers: int | None,
@@ -156,9 +162,10 @@ def _errors_only(quiet: bool) -> Iterator[None]:
 
 
 def _analyze_files(inputs: list[str], subtitles: str | None, formats: list[str], out: str, quiet: bool,
-                   sample: bool, regenerate: bool, kwargs: dict[str, Any]) -> None:
+                   sample: bool, regenerate: bool, kwargs: dict[str, Any], embed_video: bool = False) -> None:
     from mmva.analyze import analyze, expand_inputs
     from mmva.analyze.writers import OutputError, check_output_dir, write_outputs
+    from mmva.io.media import MediaError
 
     try:
         check_output_dir(out)  # before the work: an unwritable -o would otherwise lose it all
@@ -190,8 +197,8 @@ def _analyze_files(inputs: list[str], subtitles: str | None, formats: list[str],
                 console.print(f"[red]error:[/] {escape(_message(files[0], exc))}", soft_wrap=True)
                 raise typer.Exit(1) from None
         try:
-            written = write_outputs(timeline, out, formats)
-        except OSError as exc:
+            written = write_outputs(timeline, out, formats, embed_video=embed_video)
+        except (OSError, MediaError) as exc:
             console.print(f"[red]error:[/] cannot write the outputs of {escape(files[0])}: {escape(str(exc))}",
                           soft_wrap=True)
             raise typer.Exit(1) from None
@@ -201,7 +208,7 @@ def _analyze_files(inputs: list[str], subtitles: str | None, formats: list[str],
                 console.print(f"[yellow]note:[/] {escape(p)}", soft_wrap=True)
             console.print("wrote " + escape(", ".join(written)), soft_wrap=True)
         return
-    result = _run_batch(inputs, len(files), out, formats, quiet, kwargs)
+    result = _run_batch(inputs, len(files), out, formats, quiet, {**kwargs, "embed_video": embed_video})
     console.print(escape(result.summary()), style="red" if result.failed else None, highlight=False, soft_wrap=True)
     raise typer.Exit(1 if result.failed else 0)
 

@@ -294,6 +294,13 @@ class FaceResult:
     n_frames_with_face: int
     boxes: list[Box | None]  # per input frame: (x, y, w, h) or None
     frame_probs: np.ndarray = field(default_factory=lambda: np.zeros((0, 7), np.float32))  # (n_face, 7)
+    crops: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.uint8))  # (n_face, s, s) as classified
+
+    def telling_crop(self) -> np.ndarray | None:
+        """The crop that shows the verdict best: the frame most sure of :meth:`top` (for reports)."""
+        if not len(self.crops) or len(self.frame_probs) != len(self.crops):
+            return None
+        return self.crops[int(np.argmax(self.frame_probs[:, int(np.argmax(self.probs))]))]
 
     def top(self) -> str:
         """The most probable emotion label."""
@@ -392,7 +399,7 @@ def detect_and_classify(frames: np.ndarray, *, weights: str | None = None,
         return None
     probs, emb = head.classify(crops[has])  # (n, 7) MELD order
     return FaceResult(probs=probs.mean(0).numpy(), embedding=emb.mean(0).numpy(),
-                      n_frames_with_face=int(has.sum()), boxes=boxes, frame_probs=probs.numpy())
+                      n_frames_with_face=int(has.sum()), boxes=boxes, frame_probs=probs.numpy(), crops=crops[has])
 
 
 # --------------------------------------------------------------------------------------------------

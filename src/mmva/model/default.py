@@ -178,7 +178,7 @@ class DefaultModel:
         if face is None:
             return None
         p = np.asarray(face.probs, dtype=np.float64)
-        return {"emotion": p, "sentiment": sentiment_from_emotion(p)}
+        return {"emotion": p, "sentiment": sentiment_from_emotion(p), "crop": face.telling_crop()}
 
     # -- fused prediction ---------------------------------------------------------------------
     def predict(self, texts: list[str], *, contexts: list[list[str]] | None = None,
@@ -196,7 +196,9 @@ class DefaultModel:
 
         Each result: ``{"emotion": (7,), "sentiment": (3,), "per_modality": {m: {"emotion": [...],
         "sentiment": [...]}}, "modalities": [...]}``. With no modality at all, both distributions are
-        uniform and ``modalities`` is empty (nothing was observed, so nothing is claimed).
+        uniform and ``modalities`` is empty (nothing was observed, so nothing is claimed). When the face
+        was read, ``face_crop`` is the grey crop (uint8, the head's input size) of the frame most sure of
+        the face's top emotion.
 
         >>> load_default_model().predict([""], audio=[None])[0]["modalities"]
         []
@@ -222,6 +224,8 @@ class DefaultModel:
                 "per_modality": {m: {t: [round(float(v), 6) for v in p[t]] for t in ("emotion", "sentiment")}
                                  for m, p in per.items()},
                 "modalities": list(per),
+                # The face crop the head read (uint8 grey), so a report can show why the face said so.
+                **({"face_crop": per["video"]["crop"]} if per.get("video", {}).get("crop") is not None else {}),
             })
         return results
 
