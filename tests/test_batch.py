@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from mmva.analyze.batch import (SUMMARY_COLUMNS, BatchOptions, Task, _resume, analyze_collection, list_sources,
+from mmva.analyze.batch import (SUMMARY_COLUMNS, BatchOptions, _resume, analyze_collection, list_sources,
                                 plan_tasks, summary_csv, write_record)
 from mmva.io import storage
 from tests.media import random_bytes_file, talking_head
@@ -163,14 +163,15 @@ def ray_cluster(moto_server: str, tmp_path_factory: pytest.TempPathFactory):
     port = free_port()
     log = open(tmp_path_factory.mktemp("ray") / "ray.log", "wb")
     env = {**os.environ, **aws_environment(moto_server), "RAY_USAGE_STATS_ENABLED": "0"}
-    head = subprocess.Popen(["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+    ray_exe = shutil.which("ray", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    head = subprocess.Popen([ray_exe, "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
                              "--port", str(port), "--num-cpus", "2", "--include-dashboard", "false",
                              "--object-store-memory", str(100 * 2**20), "--disable-usage-stats"],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
     address = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
-        while subprocess.run(["ray", "status", "--address", address], capture_output=True, env=env).returncode:
+        while subprocess.run([ray_exe, "status", "--address", address], capture_output=True, env=env).returncode:
             if head.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"ray start failed: {Path(log.name).read_text()[-3000:]}")
             time.sleep(1)
@@ -189,6 +190,15 @@ def ray_cluster(moto_server: str, tmp_path_factory: pytest.TempPathFactory):
             except psutil.NoSuchProcess:
                 pass
         log.close()
+
+
+def _cmdline(proc) -> str:
+    import psutil
+
+    try:
+        return " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return ""
 
 
 def _keys(bucket: str, prefix: str) -> list[str]:
@@ -214,7 +224,7 @@ def test_ray_cluster_over_s3_worker_killed(ray_cluster, s3_bucket: str, tmp_path
     while killed is None and proc.poll() is None and time.monotonic() < deadline:
         if len(_keys(s3_bucket, "out/.mmva-batch/records/")) >= 2:  # models loaded, files flowing
             busy = [p for p in psutil.Process(head.pid).children(recursive=True)
-                    if "ray::BatchWorker.run" in " ".join(p.cmdline())]
+                    if "ray::BatchWorker.run" in _cmdline(p)]
             if busy:
                 killed = busy[0].pid
                 os.kill(killed, signal.SIGKILL)

@@ -51,7 +51,7 @@ def connect(address: str, num_cpus: float | None = None) -> bool:
     env = worker_env()
     runtime_env = {"env_vars": env} if env else None
     if address == "local":
-        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env)
     else:
         ray.init(address=address, runtime_env=runtime_env)
     return True
