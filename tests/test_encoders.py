@@ -128,7 +128,7 @@ def test_face_on_a_real_photo_is_found_and_classified() -> None:
     assert result is not None and result.n_frames_with_face == 1
     x, y, w, h = result.boxes[0]
     assert 140 < x + w / 2 < 260 and 60 < y + h / 2 < 180  # Eileen Collins' face, not the flag
-    assert result.probs.shape == (7,) and result.embedding.shape == (128,)
+    assert result.probs.shape == (7,) and result.embedding.shape == (256,)  # the shipped FER+ network
     assert result.probs.sum() == pytest.approx(1.0, abs=1e-5)
     assert EMOTIONS[int(result.probs.argmax())] == "joy"  # she is smiling
 

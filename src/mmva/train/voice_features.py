@@ -7,6 +7,7 @@ Kinds (each its own ``{kind}.npz`` in the work folder, written in chunks so a st
   (``whisper_frames.npy``, float16) for pooling heads that learn their own weights over frames.
 - ``whisper-base``: the same with Whisper base (multilingual), when its folder is given.
 - ``prosody``: the librosa prosody functionals of :mod:`mmva.encoders.prosody`.
+- ``acoustic``: :func:`mmva.encoders.acoustic.acoustic_features` (MFCC, YIN pitch, energy, spectrum).
 - ``mfcc``: 40 MFCC means and standard deviations + RMS (the simple baseline of BASELINES.md).
 
 >>> # table = extract("speech.csv", "runs/voice-feats", kinds=("whisper",))
@@ -42,6 +43,12 @@ def _mfcc(y: np.ndarray) -> np.ndarray:
     m = librosa.feature.mfcc(y=y, sr=SAMPLE_RATE, n_mfcc=40)
     rms = librosa.feature.rms(y=y)[0]
     return np.concatenate([m.mean(1), m.std(1), [rms.mean(), rms.std()]]).astype(np.float32)
+
+
+def _acoustic(y: np.ndarray) -> np.ndarray:
+    from mmva.encoders.acoustic import acoustic_features
+
+    return acoustic_features(y, SAMPLE_RATE)
 
 
 def _prosody(y: np.ndarray) -> np.ndarray:
@@ -117,6 +124,8 @@ def _extract_kind(kind: str, paths: list[str], folder: Path, *, whisper_base: st
             x = np.stack([_prosody(a) for a in audios])
         elif kind == "mfcc":
             x = np.stack([_mfcc(a) for a in audios])
+        elif kind == "acoustic":
+            x = np.stack([_acoustic(a) for a in audios])
         else:
             raise ValueError(f"unknown feature kind {kind!r}")
         _save_npz(chunk_file, x=x, **extra)

@@ -165,7 +165,11 @@ def scores(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> 
             "uar_restricted": float(np.mean(list(recall_r.values()))),
             "recall": recall, "predicted_share": {EMOTIONS[c]: float((pred == c).mean()) for c in range(N)},
             "max_predicted_share": float(max((pred == c).mean() for c in range(N))),
-            "ece": ece(probs, labels), "confusion": cm.tolist()}
+            "ece": ece(probs, labels), "confusion": cm.tolist(),
+            "nll": float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean()),
+            # share of the label uncertainty (log of the classes present) the head removes
+            "information_gain": float(1 - (-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+                                      / np.log(max(len(present), 2)))}
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -1,0 +1,170 @@
+"""The voice and face heads of issue 13: their recipes on real generated media, and the shipped heads."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mmva.labels import EMOTIONS
+from tests.media import silence, speak, write_wav
+
+ANGER, DISGUST, NEUTRAL, SADNESS = (EMOTIONS.index(e) for e in ("anger", "disgust", "neutral", "sadness"))
+
+
+# -- voice: the loss over each corpus's own classes -------------------------------------------------
+def test_a_corpus_without_a_class_never_learns_against_it() -> None:
+    import torch
+
+    from mmva.train.voice_head import HeadSpec, corpus_label_masks, fit_head, sample_weights
+
+    labels = np.array([ANGER] * 10 + [NEUTRAL] * 10 + [DISGUST] * 10 + [NEUTRAL] * 10)
+    corpora = ["a"] * 20 + ["b"] * 20
+    mask, classes = corpus_label_masks(labels, corpora)
+    assert classes == {"a": [ANGER, NEUTRAL], "b": [DISGUST, NEUTRAL]}
+    assert mask[0].tolist() == [i in (ANGER, NEUTRAL) for i in range(7)]
+    w = sample_weights(labels, corpora)
+    assert w.mean() == pytest.approx(1.0) and len(set(np.round(w, 6))) == 1  # balanced cells, equal corpora
+    # corpus "a" clips sit where corpus "b" disgust clips do: with the masked loss, "a" never says
+    # "not disgust", so disgust stays the head's answer there; an unmasked loss would fight over it.
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 0.1, (40, 4)).astype(np.float32)
+    x[:10, 0] += 3  # anger of a
+    x[20:30, 0] += 3  # disgust of b, the same place
+    head = fit_head(x, labels, corpora, HeadSpec(epochs=200, lr=1e-2, dropout=0.0))
+    with torch.no_grad():
+        p = torch.softmax(head(torch.from_numpy(x[:10])), -1).numpy().mean(0)
+    # (classes no corpus has keep their untrained share: in the real union every class has a corpus)
+    assert set(np.argsort(-p)[:2].tolist()) == {ANGER, DISGUST} and min(p[ANGER], p[DISGUST]) > 3 * p[NEUTRAL]
+
+
+# -- voice: the recipe end to end on generated speech ------------------------------------------------
+@pytest.fixture(scope="module")
+def speech_corpora(tmp_path_factory):
+    """Two 'corpora' (different espeak voices), three speakers each; excited vs flat delivery."""
+    root = tmp_path_factory.mktemp("speech")
+    rows = []
+    voices = {"c1": [("en-us", 0), ("en-us+m3", 10), ("en-us+f2", 20)],
+              "c2": [("en-gb-x-rp", 0), ("en-gb+m7", 10), ("en-gb+f4", 20)]}
+    words = ("table", "window", "station", "river", "morning", "garden")
+    for corpus, speakers in voices.items():
+        for voice, shift in speakers:
+            for k, word in enumerate(words):
+                for emotion, kw in (("anger", {"pitch": 70 + shift // 2, "amplitude": 190, "speed": 230}),
+                                    ("sadness", {"pitch": 15 + shift // 4, "amplitude": 50, "speed": 110})):
+                    path = write_wav(root / f"{corpus}_{voice}_{word}_{emotion}.wav",
+                                     speak(f"say the word {word}", voice=voice, **kw))
+                    rows.append({"path": str(path), "emotion": emotion, "speaker": f"{corpus}-{voice}",
+                                 "corpus": corpus})
+    manifest = root / "speech.csv"
+    manifest.write_text("path,text,emotion,sentiment,speaker,corpus\n" + "".join(
+        f"{r['path']},,{r['emotion']},negative,{r['speaker']},{r['corpus']}\n" for r in rows))
+    return manifest
+
+
+def test_voice_fit_scores_unseen_corpora_and_writes_a_head_that_loads(speech_corpora, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from mmva.cli import app
+    from mmva.model.voice import load_voice_head
+
+    out = tmp_path / "head"
+    res = CliRunner().invoke(app, ["voice-fit", "--data", str(speech_corpora), "--out", str(out),
+                                   "--work", str(tmp_path / "work"), "--loso-splits", "3"])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((out / "voice.json").read_text())
+    assert cfg["format"] == "mmva-voice-head-2" and set(cfg["heads"]) == {"utterance", "speaker"}
+    loco = cfg["scores"]["speaker"]["loco_per_corpus"]
+    assert set(loco) == {"c1", "c2"}
+    # excited vs flat speech of another corpus's voices: well above the 50% of a coin
+    assert min(m["uar"] for m in loco.values()) >= 0.75
+    assert cfg["scores"]["speaker"]["loso"]["folds"] == 3
+    assert all(h["temperature"] > 0 for h in cfg["heads"].values())
+    head = load_voice_head(str(out))
+    assert head.encoder_name == "whisper+acoustic"
+    excited = speak("say the word pencil", voice="en-us+m3", pitch=75, amplitude=190, speed=230)
+    flat = speak("say the word pencil", voice="en-us+m3", pitch=15, amplitude=50, speed=110)
+    pe, pf = head.predict_proba(excited), head.predict_proba(flat)
+    assert pe[ANGER] > pf[ANGER] and pf[SADNESS] > pe[SADNESS]
+    # the per-speaker head normalises one recording's clips together
+    batch = head.predict_proba_batch([excited, flat] * 3, same_speaker=True)
+    assert all(p is not None for p in batch) and batch[0][ANGER] > batch[1][ANGER]
+    # a second run reuses the cached feature tables
+    assert (tmp_path / "work" / "whisper.npz").exists() and (tmp_path / "work" / "acoustic.npz").exists()
+
+
+def test_voice_fit_refuses_a_manifest_without_corpus_and_speaker(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from mmva.cli import app
+
+    m = tmp_path / "m.csv"
+    m.write_text("path,emotion\n/a.wav,joy\n")
+    res = CliRunner().invoke(app, ["voice-fit", "--data", str(m), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "corpus" in res.output and "speaker" in res.output
+
+
+# -- the shipped voice head --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def shipped_voice():
+    from mmva.model.voice import load_voice_head
+
+    return load_voice_head()
+
+
+def test_shipped_voice_head_is_the_whisper_head_and_masks_silence(shipped_voice) -> None:
+    assert shipped_voice.encoder_name == "whisper+acoustic"
+    assert shipped_voice.predict_proba(silence(1.0)) is None
+    p = shipped_voice.predict_proba(speak("we are going to the station tomorrow"))
+    assert p.shape == (7,) and abs(float(p.sum()) - 1) < 1e-5
+
+
+def test_shipped_voice_head_is_unsure_on_plain_read_speech(shipped_voice) -> None:
+    """Neutral read sentences from a voice outside training (espeak-ng): the head must not claim a
+    confident emotion; a flat-ish distribution (no class near certainty) is the honest answer."""
+    sentences = ("the meeting is on tuesday at ten", "please put the books on the second shelf",
+                 "the train leaves from platform four", "we bought bread and milk this morning")
+    probs = np.stack([shipped_voice.predict_proba(speak(s, voice="en-us", pitch=50, speed=165)) for s in sentences])
+    assert probs.max() < 0.6, probs.round(2)
+    entropy = -(probs * np.log(probs)).sum(1) / np.log(7)
+    assert entropy.mean() > 0.6, entropy.round(2)
+
+
+# -- face --------------------------------------------------------------------------------------------
+def test_shipped_face_head_is_mmvas_own_network() -> None:
+    from skimage.data import astronaut
+
+    from mmva.encoders.face import detect_and_classify, shared_head
+
+    head = shared_head(None)
+    assert head.kind == "mmva-face-net" and head.size == 48 and head.temperature > 0
+    result = detect_and_classify(astronaut())
+    assert result is not None and result.embedding.shape == (256,)
+    assert EMOTIONS[int(result.probs.argmax())] == "joy"  # she is smiling
+    meta = json.loads((__import__("pathlib").Path(head.source).parent / "face.json").read_text())
+    assert meta["ferplus_test"]["accuracy"] > 0.8 and "jaffe" in meta
+
+
+def test_face_training_resumes_where_it_stopped(tmp_path) -> None:
+    """Two epochs in one go equal one epoch, a stop, and a resumed second epoch."""
+    from skimage.data import astronaut
+    from skimage.transform import resize
+
+    from mmva.train.face_train import train_face
+
+    grey = resize(astronaut().mean(2), (48, 48), preserve_range=True)
+    rng = np.random.default_rng(0)
+    n = 96
+    images = np.clip(grey[None] + rng.normal(0, 20, (n, 48, 48)), 0, 255).astype(np.uint8)
+    votes = np.zeros((n, 10), np.uint8)
+    votes[np.arange(n), rng.integers(0, 8, n)] = 10
+    split = np.array([0] * 64 + [1] * 16 + [2] * 16, np.uint8)
+    path = tmp_path / "fer.npz"
+    np.savez(path, images=images, votes=votes, split=split, name=np.array([f"f{i}" for i in range(n)]))
+    full = train_face(str(path), str(tmp_path / "full"), epochs=2, batch_size=32, threads=1)
+    stopped = train_face(str(path), str(tmp_path / "part"), epochs=2, batch_size=32, threads=1, stop_after=1)
+    assert stopped["stopped"] == 1 and (tmp_path / "part" / "state.pt").exists()
+    resumed = train_face(str(path), str(tmp_path / "part"), epochs=2, batch_size=32, threads=1)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    assert resumed["history"][-1]["train_loss"] == pytest.approx(full["history"][-1]["train_loss"], rel=1e-4)
