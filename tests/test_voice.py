@@ -33,7 +33,7 @@ def test_shipped_head_predicts_on_a_wav_file(head, tmp_path) -> None:
     assert np.isfinite(probs).all() and (probs >= 0).all() and abs(probs.sum() - 1) < 1e-5
     top = head.predict(read_audio(path), top_k=3)
     assert [t["label"] for t in top][0] == EMOTIONS[int(np.argmax(probs))] and len(top) == 3
-    assert head.encoder_name == "prosody" and head.labels == EMOTIONS
+    assert head.encoder_name == "whisper+acoustic" and head.labels == EMOTIONS
 
 
 def test_no_speech_is_none_not_a_guess(head) -> None:

@@ -194,6 +194,16 @@ def _load_head(folder: Path, spec: dict[str, Any]) -> _Head:
                  str(path))
 
 
+def _speech_seconds(audio: np.ndarray, sample_rate: int) -> float:
+    from mmva.analyze.asr import speech_regions
+
+    if sample_rate != 16000:
+        import librosa
+
+        audio = librosa.resample(audio, orig_sr=sample_rate, target_sr=16000)
+    return float(sum(e - s for s, e in speech_regions(np.asarray(audio, np.float32))))
+
+
 class FeatureVoiceHead:
     """A voice head over a pooled utterance feature (format ``mmva-voice-head-2``).
 
@@ -264,10 +274,14 @@ class FeatureVoiceHead:
 
     def features_batch(self, audios: list[np.ndarray | None], sample_rate: int = 16000) -> list[np.ndarray | None]:
         """Pooled features per clip (None without speech)."""
-        present = [i for i, a in enumerate(audios) if has_voice(a)]
         out: list[np.ndarray | None] = [None] * len(audios)
+        loud = [i for i, a in enumerate(audios) if has_voice(a)]
+        resampled = {i: self._resample(np.asarray(audios[i], np.float32).reshape(-1), sample_rate) for i in loud}
+        # Loud is not speech (noise, music, a tone): Silero VAD, as the analyze pipeline uses, must
+        # find at least 100 ms of speech, else the modality is absent rather than guessed.
+        present = [i for i in loud if _speech_seconds(resampled[i], self.sample_rate) >= 0.1]
         if present:
-            clips = [self._resample(np.asarray(audios[i], np.float32).reshape(-1), sample_rate) for i in present]
+            clips = [resampled[i] for i in present]
             parts = []
             for kind in self.encoder_name.split("+"):
                 if kind == "whisper":
