@@ -128,7 +128,11 @@ def _scores(probs: np.ndarray, labels: np.ndarray) -> dict:
     from mmva.train.face_train import ece
 
     pred = probs.argmax(1)
-    return {"n": int(len(labels)), "accuracy": float((pred == labels).mean()),
+    nll = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+    share = np.bincount(labels, minlength=7) / len(labels)
+    entropy = float(-(share[share > 0] * np.log(share[share > 0])).sum())
+    return {"n": int(len(labels)), "accuracy": float((pred == labels).mean()), "nll": nll,
+            "information_gain": 1 - nll / entropy,
             "uar": float(balanced_accuracy_score(labels, pred)), "ece": ece(probs, labels),
             "recall": {EMOTIONS[c]: float((pred[labels == c] == c).mean()) for c in sorted(set(labels.tolist()))}}
 

@@ -291,11 +291,84 @@ def section_diarize(dz: dict | None) -> str:
     return "\n".join(out)
 
 
+VOICE_NAMES = {"mfcc": "40 MFCC mean + std, RMS", "acoustic": "acoustic statistics (MFCC, YIN pitch, energy)",
+               "whisper": "Whisper tiny.en encoder states, mean + std", "whisper-base": "Whisper base encoder states",
+               "whisper+acoustic": "Whisper tiny + acoustic (shipped)", "whisper-base+acoustic": "Whisper base + acoustic",
+               "prosody": "prosody functionals (previous head)"}
+
+
+def _voice_rows(block: dict) -> list[list]:
+    rows = []
+    for key, r in block.items():
+        kinds, norm = key.split("|")
+        s, per = r["summary"], r["per_corpus"]
+        rows.append([VOICE_NAMES.get(kinds, kinds), norm, round(100 * s["uar_mean"], 1), round(100 * s["accuracy_mean"], 1),
+                     round(100 * s["uar_restricted_mean"], 1), round(100 * s["max_predicted_share_mean"], 1),
+                     *[round(100 * per[c]["uar"], 1) for c in sorted(per)]])
+    return rows
+
+
+def section_voice_heads(vh: dict | None) -> str:
+    out = ["### Voice head on unseen corpora (issue 13)", ""]
+    if not vh:
+        return "\n".join(out + ["`voice_heads.json`: not run yet (`python benchmarks/bench_heads.py voice ...`).", ""])
+    corpora = sorted(vh["corpora"])
+    head = ["feature", "normalisation", "LOCO UAR", "LOCO acc.", "UAR, classes of the corpus only",
+            "most predicted class, % (mean)", *[f"{c} UAR" for c in corpora]]
+    out += [f"Leave-one-corpus-out over {vh['clips']:,} clips of {len(corpora)} corpora (train on five, test on the "
+            "sixth; the same folds and linear head for every row; per-corpus UAR on that corpus's classes, "
+            "predictions over all 7; x100):", "", table(head, _voice_rows(vh["full"])), ""]
+    if vh.get("subset"):
+        out += [f"The same on a stratified 20 % subset ({vh.get('subset_clips')} clips), where the prosody functionals "
+                "of the previous head were computed:", "",
+                table(head, _voice_rows(vh["subset"])), ""]
+    sh = vh.get("shipped", {})
+    sp = sh.get("scores", {}).get("speaker")
+    if sp:
+        rows = [[c, m["n"], ", ".join(m["classes"]), round(100 * m["accuracy"], 1), round(100 * m["uar"], 1),
+                 ", ".join(f"{k} {100 * v:.0f}" for k, v in m["recall"].items()), round(m["ece"], 3)]
+                for c, m in sp["loco_per_corpus"].items()]
+        out += ["Shipped speaker head, each corpus left out (calibrated; recall per class, x100):", "",
+                table(["corpus", "clips", "classes", "accuracy", "UAR", "recall", "ECE"], rows), ""]
+        loso = {n: e.get("loso") for n, e in sh["scores"].items() if e.get("loso")}
+        if loso:
+            out += [table(["head", "speaker-grouped folds", "accuracy", "UAR"],
+                          [[n, l["folds"], round(100 * l["accuracy"], 1), round(100 * l["uar"], 1)] for n, l in loso.items()]),
+                    "", "Calibration (out-of-corpus): " + "; ".join(
+                        f"{n} head T = {sh['heads'][n]['temperature']}, ECE {e['ece_before']:.3f} -> {e['ece_after']:.3f}"
+                        for n, e in sh["scores"].items()), ""]
+    out += [machine_line("voice_heads", vh), ""]
+    return "\n".join(out)
+
+
+def section_face_heads(fh: dict | None) -> str:
+    out = ["### Face head (issue 13)", ""]
+    if not fh:
+        return "\n".join(out + ["`face_heads.json`: not run yet (`python benchmarks/bench_heads.py face ...`).", ""])
+    names = {"fer-mini-xception": "fer mini-Xception (previous)", "mmva": "mmva FER+ network (shipped)"}
+    rows = []
+    for k, name in names.items():
+        f, j = fh["ferplus_test"][k], fh["jaffe"][k]
+        rows.append([name, round(100 * f["accuracy"], 1), round(100 * f["uar"], 1), round(f["ece"], 3),
+                     round(100 * j["accuracy"], 1), round(100 * j["uar"], 1), round(j["ece"], 3),
+                     round(f["information_gain"], 3), round(j["information_gain"], 3)])
+    det = fh["detection"]
+    out += [f"FER+ test ({fh['ferplus_test']['mmva']['n']:,} faces, majority vote among the 7 MELD emotions, the given "
+            f"crops) and JAFFE ({fh['jaffe']['mmva']['n']} posed faces, never trained on, found by the Haar detector; each "
+            "network with its own crop framing), x100 (information gain: share of the label entropy removed):", "",
+            table(["network", "FER+ acc.", "FER+ UAR", "FER+ ECE", "JAFFE acc.", "JAFFE UAR", "JAFFE ECE",
+                   "FER+ info. gain", "JAFFE info. gain"], rows), "",
+            f"Haar detection rate: JAFFE {det['jaffe']['found']}/{det['jaffe']['total']}; mmva's talking-head sample "
+            f"{det['talking_head_sample']['found']}/{det['talking_head_sample']['total']} frames (5 fps).", "",
+            machine_line("face_heads", fh), ""]
+    return "\n".join(out)
+
+
 SECTIONS: list[tuple[tuple[str, ...], Callable[..., str]]] = [
     (("scaling", "analyze"), section_targets),
     (("scaling", "analyze"), section_speed), (("train",), section_train),
     (("meld_dev", "text_accuracy", "fusion"), section_accuracy), (("extract", "serve_load", "voice"), section_other),
-    (("diarize",), section_diarize),
+    (("diarize",), section_diarize), (("voice_heads",), section_voice_heads), (("face_heads",), section_face_heads),
 ]
 
 
