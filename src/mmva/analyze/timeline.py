@@ -52,6 +52,10 @@ def apply_prediction(utt: Utterance, pred: dict[str, Any] | None, k: int = 3) ->
     utt.extra["sentiment_probs"] = _as_dict(pred["sentiment"], SENTIMENTS)
     if pred.get("face_crop") is not None:
         utt.extra["face_crop"] = png_data_uri(pred["face_crop"])
+    if pred.get("face_box") is not None:  # which face was read: {"x", "y", "w", "h"}, fractions of the frame
+        utt.extra["face_box"] = dict(pred["face_box"])
+    if pred.get("face_chosen"):  # with several faces: "mouth", "speaker" or "largest"
+        utt.extra["face_chosen"] = pred["face_chosen"]
     return utt
 
 

@@ -241,6 +241,82 @@ def follow_main_face(per_frame: list[list[Box]]) -> list[Box | None]:
     return chosen
 
 
+def follow_faces(per_frame: list[list[Box]]) -> list[list[Box | None]]:
+    """Every face of a clip as a track: one box (or None) per frame for each face.
+
+    The tracks start from the frame that shows the most faces; walking forward and backward from it,
+    each frame's detections go to the tracks they overlap most (one detection, one track).
+
+    >>> follow_faces([[(0, 0, 10, 10), (50, 0, 10, 10)], [(52, 1, 10, 10)]])
+    [[(0, 0, 10, 10), None], [(50, 0, 10, 10), (52, 1, 10, 10)]]
+    """
+    if not per_frame:
+        return []
+    seed = max(range(len(per_frame)), key=lambda i: len(per_frame[i]))
+    tracks: list[list[Box | None]] = [[None] * len(per_frame) for _ in per_frame[seed]]
+    for track, box in zip(tracks, per_frame[seed]):
+        track[seed] = box
+    for order in (range(seed + 1, len(per_frame)), range(seed - 1, -1, -1)):
+        last: list[Box] = list(per_frame[seed])
+        for i in order:
+            pairs = sorted(((_iou(b, last[k]), k, j) for k in range(len(tracks))
+                            for j, b in enumerate(per_frame[i])), reverse=True)
+            taken_k, taken_j = set(), set()
+            for iou, k, j in pairs:
+                if iou > 0 and k not in taken_k and j not in taken_j:
+                    tracks[k][i] = last[k] = per_frame[i][j]
+                    taken_k.add(k)
+                    taken_j.add(j)
+    return tracks
+
+
+def mouth_motion(greys: list[np.ndarray], boxes: list[Box | None], size: int = 32) -> float:
+    """How much a face's mouth moves between consecutive frames that show it, beyond the rest of it.
+
+    Mean absolute change (grey levels) of the mouth region (lower third, middle half) minus that of
+    the eyes' band: head motion, detector jitter and lighting change both alike and cancel, lips that
+    open and close do not. ``-inf`` with fewer than two frames of the face.
+    """
+    crops = [crop_face(g, b, 0.0, size).astype(np.float32) for g, b in zip(greys, boxes) if b is not None]
+    if len(crops) < 2:
+        return float("-inf")
+    mouth = (slice(int(0.66 * size), int(0.95 * size)), slice(size // 4, 3 * size // 4))
+    eyes = (slice(int(0.2 * size), int(0.5 * size)), slice(size // 8, 7 * size // 8))
+    steps = [np.abs(b[mouth] - a[mouth]).mean() - np.abs(b[eyes] - a[eyes]).mean()
+             for a, b in zip(crops, crops[1:])]
+    return float(np.mean(steps))
+
+
+# A face is taken for the one speaking only when its mouth moves this much more (grey levels, mean
+# step) than every other face's: a still pair (or frames with no motion at all) keeps the main face.
+SPEAKING_MARGIN = 2.0
+
+
+def speaking_face(greys: list[np.ndarray], cfg: DetectorConfig = DetectorConfig(),
+                  near: tuple[float, float] | None = None) -> tuple[list[Box | None], str] | None:
+    """Among several faces, the boxes of the one speaking and why: ``"mouth"`` when its mouth moves
+    more than every other's by :data:`SPEAKING_MARGIN`, else ``"speaker"`` for the face nearest
+    ``near`` (x, y centre as fractions of the frame: where this speaker's face was seen before).
+    ``None`` when fewer than two faces are followed or neither rule decides (keep the main face)."""
+    tracks = follow_faces([detect_faces(g, cfg) for g in greys])
+    tracks = [t for t in tracks if sum(b is not None for b in t) >= 2]
+    if len(tracks) < 2:
+        return None
+    scores = [mouth_motion(greys, t) for t in tracks]
+    order = np.argsort(scores)[::-1]
+    if scores[order[0]] - scores[order[1]] >= SPEAKING_MARGIN:
+        return tracks[order[0]], "mouth"
+    if near is None:
+        return None
+    h, w = greys[0].shape
+
+    def distance(track: list[Box | None]) -> float:
+        cx, cy = np.mean([(b[0] + b[2] / 2, b[1] + b[3] / 2) for b in track if b is not None], axis=0)
+        return float(np.hypot(cx / w - near[0], cy / h - near[1]))
+
+    return min(tracks, key=distance), "speaker"
+
+
 def crop_face(grey: np.ndarray, box: Box, margin: float = 0.1, size: int = INPUT_SIZE) -> np.ndarray:
     """Square crop around a box (edge pixels repeated beyond the frame), resized to size x size uint8."""
     x, y, w, h = box
@@ -258,23 +334,39 @@ def crop_face(grey: np.ndarray, box: Box, margin: float = 0.1, size: int = INPUT
 
 
 def face_crops(frames: np.ndarray, cfg: DetectorConfig = DetectorConfig(), *, size: int = INPUT_SIZE,
-               margin: float | None = None) -> tuple[np.ndarray, list[Box | None]]:
-    """Main-face crops ``(t, size, size)`` uint8 (zeros where no face) and the box per frame."""
+               margin: float | None = None, speaking: bool = False,
+               near: tuple[float, float] | None = None) -> tuple[np.ndarray, list[Box | None]]:
+    """Main-face crops ``(t, size, size)`` uint8 (zeros where no face) and the box per frame.
+
+    ``speaking=True``: when a whole-frame search sees several faces, the face speaking is read
+    instead of the largest (:func:`speaking_face`, ``near`` as there); one face is read as before.
+    """
+    crops, boxes, _ = _read_faces(frames, cfg, size, margin, speaking, near)
+    return crops, boxes
+
+
+def _read_faces(frames: np.ndarray, cfg: DetectorConfig, size: int, margin: float | None, speaking: bool,
+                near: tuple[float, float] | None) -> tuple[np.ndarray, list[Box | None], str]:
+    """:func:`face_crops` plus how the face was chosen: "only" (one face seen), "largest", or
+    :func:`speaking_face`'s "mouth" or "speaker"."""
     greys = [cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in frames]
     per_frame: list[list[Box]] = []
     last: Box | None = None
+    several = False
     for g in greys:
         found = detect_near(g, last, cfg) if last is not None else []
         if not found:  # first frame, or the face moved away: search the whole frame
             found = detect_faces(g, cfg)
+            several = several or len(found) > 1
         per_frame.append(found)
         last = (max(found, key=lambda b: _iou(b, last)) if last is not None else found[0]) if found else None
-    boxes = follow_main_face(per_frame)
+    picked = speaking_face(greys, cfg, near) if speaking and several and len(greys) > 1 else None
+    boxes, how = picked or (follow_main_face(per_frame), "largest" if several else "only")
     crops = np.zeros((len(greys), size, size), np.uint8)
     for i, (g, b) in enumerate(zip(greys, boxes)):
         if b is not None:
             crops[i] = crop_face(g, b, cfg.margin if margin is None else margin, size)
-    return crops, boxes
+    return crops, boxes, how
 
 
 def normalise_crops(crops: np.ndarray) -> torch.Tensor:
@@ -295,12 +387,23 @@ class FaceResult:
     boxes: list[Box | None]  # per input frame: (x, y, w, h) or None
     frame_probs: np.ndarray = field(default_factory=lambda: np.zeros((0, 7), np.float32))  # (n_face, 7)
     crops: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.uint8))  # (n_face, s, s) as classified
+    chosen: str = "only"  # how the face was picked among those seen: "only", "largest", "mouth", "speaker"
 
     def telling_crop(self) -> np.ndarray | None:
         """The crop that shows the verdict best: the frame most sure of :meth:`top` (for reports)."""
         if not len(self.crops) or len(self.frame_probs) != len(self.crops):
             return None
-        return self.crops[int(np.argmax(self.frame_probs[:, int(np.argmax(self.probs))]))]
+        return self.crops[self._telling()]
+
+    def _telling(self) -> int:
+        return int(np.argmax(self.frame_probs[:, int(np.argmax(self.probs))]))
+
+    def read_box(self) -> Box | None:
+        """The box (x, y, w, h, frame pixels) of the face read, on the frame of :meth:`telling_crop`."""
+        seen = [b for b in self.boxes if b is not None]
+        if not seen:
+            return None
+        return seen[self._telling()] if len(self.frame_probs) == len(seen) else seen[0]
 
     def top(self) -> str:
         """The most probable emotion label."""
@@ -379,9 +482,11 @@ def _shared_net(weights: str | None) -> MiniXception:
 
 @torch.no_grad()
 def detect_and_classify(frames: np.ndarray, *, weights: str | None = None,
-                        detector: DetectorConfig = DetectorConfig()) -> FaceResult | None:
+                        detector: DetectorConfig = DetectorConfig(), speaking: bool = False,
+                        near: tuple[float, float] | None = None) -> FaceResult | None:
     """Find and follow the main face on RGB uint8 frames ``(t, h, w, 3)`` (or one ``(h, w, 3)`` image)
-    and classify its expression. ``None`` when no frame shows a face.
+    and classify its expression. ``None`` when no frame shows a face. ``speaking=True`` reads, among
+    several faces, the one speaking (see :func:`speaking_face`); ``FaceResult.chosen`` says how.
 
     >>> from skimage.data import astronaut
     >>> detect_and_classify(astronaut()).n_frames_with_face
@@ -393,13 +498,14 @@ def detect_and_classify(frames: np.ndarray, *, weights: str | None = None,
     if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
         raise ValueError(f"expected RGB frames (t, h, w, 3), got shape {frames.shape}")
     head = shared_head(str(weights) if weights else None)
-    crops, boxes = face_crops(frames, detector, size=head.size, margin=head.margin)
+    crops, boxes, chosen = _read_faces(frames, detector, head.size, head.margin, speaking, near)
     has = np.array([b is not None for b in boxes])
     if not has.any():
         return None
     probs, emb = head.classify(crops[has])  # (n, 7) MELD order
     return FaceResult(probs=probs.mean(0).numpy(), embedding=emb.mean(0).numpy(),
-                      n_frames_with_face=int(has.sum()), boxes=boxes, frame_probs=probs.numpy(), crops=crops[has])
+                      n_frames_with_face=int(has.sum()), boxes=boxes, frame_probs=probs.numpy(), crops=crops[has],
+                      chosen=chosen)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """The default model that ships with mmva and runs offline on CPU.
 
 Text: all-MiniLM-L6-v2 + a LoRA adapter fine-tuned on MELD (``mmva train-text``), calibrated on dev.
-Voice: the prosody head (:func:`mmva.model.voice.load_voice_head`), when installed.
-Face: the FER2013 mini-Xception expression network (:func:`mmva.encoders.face.detect_and_classify`).
+Voice: Whisper encoder states + acoustic statistics (:func:`mmva.model.voice.load_voice_head`), when installed.
+Face: mmva's FER+ expression network (:func:`mmva.encoders.face.detect_and_classify`).
 
 Fusion rule (no MELD media is available here to learn a fusion, so it is a stated, weighted rule):
 weighted log-linear pooling of the calibrated per-modality distributions over the modalities present,
@@ -120,12 +120,13 @@ class DefaultModel:
     def warm_up(self) -> None:
         """Load the voice head and the face network and run the voice features once on a short tone.
 
-        The first real call then pays no loading or JIT-compilation cost (pYIN compiles on first use,
-        about 2-4 s on 2 cores); ``mmva analyze`` runs this in a background thread while it decodes
-        and transcribes.
+        The first real call then pays no loading cost (the Whisper encoder, librosa's first calls);
+        ``mmva analyze`` runs this in a background thread while it decodes and transcribes.
         """
         head = self.voice_head()
-        if head is not None:
+        if head is not None and hasattr(head, "warm_up"):
+            head.warm_up()
+        elif head is not None:
             t = np.arange(16000, dtype=np.float32) / 16000
             tone = 0.1 * np.sin(2 * np.pi * 160 * t) * (1 + 0.3 * np.sin(2 * np.pi * 3 * t))
             head.predict_proba(tone.astype(np.float32), sample_rate=16000)
@@ -168,17 +169,43 @@ class DefaultModel:
         return out
 
     @staticmethod
-    def video_probs(frames: np.ndarray | None) -> dict[str, np.ndarray] | None:
-        """Face-expression probabilities (+ derived sentiment), None for no frames or no face."""
+    def video_probs(frames: np.ndarray | None, near: tuple[float, float] | None = None
+                    ) -> dict[str, Any] | None:
+        """Face-expression probabilities (+ derived sentiment), None for no frames or no face.
+
+        Among several faces the one whose mouth moves is read, else the one nearest ``near`` (where
+        the speaker's face was seen), else the largest (``chosen`` says which rule); ``box`` is the
+        face read as fractions of the frame ``{"x", "y", "w", "h"}``.
+        """
         if frames is None or np.asarray(frames).size == 0:
             return None
         from mmva.encoders.face import detect_and_classify
 
-        face = detect_and_classify(np.asarray(frames))
+        frames = np.asarray(frames)
+        face = detect_and_classify(frames, speaking=True, near=near)
         if face is None:
             return None
         p = np.asarray(face.probs, dtype=np.float64)
-        return {"emotion": p, "sentiment": sentiment_from_emotion(p), "crop": face.telling_crop()}
+        h, w = frames.shape[-3:-1]
+        box = face.read_box()
+        frac = None if box is None else {k: round(v / s, 4) for k, v, s in zip("xywh", box, (w, h, w, h))}
+        return {"emotion": p, "sentiment": sentiment_from_emotion(p), "crop": face.telling_crop(), "box": frac,
+                "chosen": face.chosen}
+
+    def _speaker_faces(self, frames: list[np.ndarray | None], speakers: list[str | None] | None
+                       ) -> list[dict[str, Any] | None]:
+        """:meth:`video_probs` per item; with speakers, an item whose faces did not show who spoke is
+        read again with the face where that speaker's moving mouth was seen in other items."""
+        out = [self.video_probs(f) for f in frames]
+        seen: dict[str, list[tuple[float, float]]] = {}
+        for v, who in zip(out, speakers or []):
+            if v is not None and who is not None and v["chosen"] == "mouth":
+                seen.setdefault(who, []).append((v["box"]["x"] + v["box"]["w"] / 2,
+                                                 v["box"]["y"] + v["box"]["h"] / 2))
+        for i, (v, who) in enumerate(zip(out, speakers or [])):
+            if v is not None and v["chosen"] == "largest" and who in seen:
+                out[i] = self.video_probs(frames[i], near=tuple(np.median(seen[who], axis=0)))
+        return out
 
     # -- fused prediction ---------------------------------------------------------------------
     def predict(self, texts: list[str], *, contexts: list[list[str]] | None = None,
@@ -198,7 +225,9 @@ class DefaultModel:
         "sentiment": [...]}}, "modalities": [...]}``. With no modality at all, both distributions are
         uniform and ``modalities`` is empty (nothing was observed, so nothing is claimed). When the face
         was read, ``face_crop`` is the grey crop (uint8, the head's input size) of the frame most sure of
-        the face's top emotion.
+        the face's top emotion, and ``face_box`` the face read (fractions of the frame); with several
+        faces, ``face_chosen`` says why that one: "mouth" (its mouth moved), "speaker" (the item's
+        speaker was seen there with a moving mouth in another item), "largest" (neither told).
 
         >>> load_default_model().predict([""], audio=[None])[0]["modalities"]
         []
@@ -210,11 +239,12 @@ class DefaultModel:
         text_p = self.text_probs(texts, contexts)
         audio_p = (self.audio_probs(audio, sample_rate, same_speaker, speakers) if audio is not None
                    else [None] * n)
+        video_p = self._speaker_faces(frames, speakers) if frames is not None else [None] * n
         results = []
         for i in range(n):
-            per = {"text": text_p[i], "audio": audio_p[i],
-                   "video": self.video_probs(frames[i]) if frames is not None else None}
+            per = {"text": text_p[i], "audio": audio_p[i], "video": video_p[i]}
             per = {m: p for m, p in per.items() if p is not None}
+            face = per.get("video") or {}
             fused = {task: (pool_log_linear({m: p[task] for m, p in per.items()}, self.fusion_weights) if per
                             else np.full(size, 1.0 / size))
                      for task, size in (("emotion", len(EMOTIONS)), ("sentiment", len(SENTIMENTS)))}
@@ -226,6 +256,9 @@ class DefaultModel:
                 "modalities": list(per),
                 # The face crop the head read (uint8 grey), so a report can show why the face said so.
                 **({"face_crop": per["video"]["crop"]} if per.get("video", {}).get("crop") is not None else {}),
+                # Which face was read, and why when there were several.
+                **({"face_box": face["box"]} if face.get("box") is not None else {}),
+                **({"face_chosen": face["chosen"]} if face.get("chosen", "only") != "only" else {}),
             })
         return results
 
