@@ -297,6 +297,19 @@ class FeatureVoiceHead:
                 out[i] = feats[j]
         return out
 
+    def warm_up(self) -> None:
+        """Load the encoder and run both features once on a short tone (no VAD), off the critical path."""
+        from mmva.encoders.acoustic import acoustic_features
+
+        t = np.arange(self.sample_rate, dtype=np.float32) / self.sample_rate
+        tone = (0.1 * np.sin(2 * np.pi * 160 * t)).astype(np.float32)
+        if "whisper" in self.encoder_name:
+            self._encoder().pooled_batch([tone])
+        acoustic_features(tone, self.sample_rate)
+        from mmva.analyze.asr import speech_regions
+
+        speech_regions(tone)
+
     def features(self, audio: np.ndarray | None, sample_rate: int = 16000) -> torch.Tensor | None:
         f = self.features_batch([audio], sample_rate)[0]
         return None if f is None else torch.from_numpy(f)

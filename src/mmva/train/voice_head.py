@@ -184,7 +184,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
         return loss
 
     opt.step(closure)
-    return float(t.exp())
+    return float(t.exp().detach())
 
 
 # -- cross-validation ------------------------------------------------------------------------------
