@@ -44,7 +44,8 @@ def _transcode(src: str, dst: str, max_side: int, max_fps: float, crf: int, audi
         # Every stream is added before the first packet is written (the MP4 header lists them).
         if v_in is not None and info.width and info.height:
             fps = min(max_fps, info.fps or max_fps)
-            v_out = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+            rate = Fraction(fps).limit_denominator(1001)
+            v_out = out.add_stream("libx264", rate=rate)
             scale = min(1.0, max_side / max(info.width, info.height))  # as _to_rgb scales
             v_out.width = max(2, round(info.width * scale) // 2 * 2)  # yuv420p: even sides
             v_out.height = max(2, round(info.height * scale) // 2 * 2)
@@ -73,10 +74,8 @@ def _transcode(src: str, dst: str, max_side: int, max_fps: float, crf: int, audi
                 # Constant rate: output frame i (at i / fps) shows the source frame nearest to it.
                 while next_i / fps <= frame.time + 0.5 / fps:
                     if img is None:
-                        rgb = _to_rgb(frame, info.rotation, max_side)
-                        img = av.VideoFrame.from_ndarray(
-                            np.ascontiguousarray(rgb[:v_out.height, :v_out.width]), format="rgb24"
-                        ).reformat(format="yuv420p")
+                        img = _scaled(frame, info.rotation, max_side, v_out.width, v_out.height)
+                        img.time_base = 1 / rate  # pts counts output frames
                     img.pts = next_i
                     out.mux(v_out.encode(img))
                     next_i += 1
@@ -86,3 +85,14 @@ def _transcode(src: str, dst: str, max_side: int, max_fps: float, crf: int, audi
             out.mux(a_out.encode(None))
         if v_out is not None:
             out.mux(v_out.encode(None))
+
+
+def _scaled(frame: av.VideoFrame, rotation: int, max_side: int, width: int, height: int) -> av.VideoFrame:
+    """The frame upright at ``width`` x ``height`` in yuv420p (one swscale pass when not rotated)."""
+    if not rotation:
+        out = frame.reformat(width=width, height=height, format="yuv420p", interpolation="AREA")
+    else:
+        rgb = _to_rgb(frame, rotation, max_side)
+        out = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[:height, :width]),
+                                         format="rgb24").reformat(format="yuv420p")
+    return out

@@ -1,4 +1,6 @@
-// mmva web page: upload -> POST /jobs -> poll GET /jobs/{id} -> draw the timeline (inline SVG).
+// mmva web page: upload (or drop) -> POST /jobs -> poll GET /jobs/{id} -> the HTML report of
+// `mmva analyze -f html` in a frame, playing the uploaded file; quick sentences through
+// POST /invocations; the recent jobs from GET /jobs. The timeline drawing below serves the Live tab.
 // Plain JS with no libraries, so the page works offline and needs nothing from a CDN.
 "use strict";
 
@@ -12,6 +14,9 @@ const SVG_NS = "http://www.w3.org/2000/svg";
 const $ = (id) => document.getElementById(id);
 let currentJob = null;
 let pollTimer = null;
+let jobsTimer = null;
+let authRequired = false;  // from /ping: without a key, /jobs would only answer 401 (an error in the console)
+const videos = new Map();  // job id -> object URL of the file uploaded from this page (played in the report)
 
 function apiHeaders(extra) {
   const headers = Object.assign({}, extra || {});
@@ -66,26 +71,128 @@ async function poll() {
   const job = await response.json();
   showProgress(job.stage, job.progress);
   setStatus("job " + job.id.slice(0, 8) + ": " + job.state);
-  if (job.state === "done") { finish(); await loadResult(job.id); }
+  if (job.state === "done") { finish(); await loadResult(job.id, job.source); }
   else if (job.state === "failed" || job.state === "cancelled") { finish(); setStatus(job.error || job.state, true); }
   else pollTimer = setTimeout(poll, 500);
 }
 
 function finish() {
   clearTimeout(pollTimer);
+  refreshJobs();
   $("submit").disabled = false;
   $("cancel").hidden = true;
 }
 
-async function loadResult(jobId) {
-  const response = await fetch("/jobs/" + jobId + "/result", { headers: apiHeaders() });
+async function loadResult(jobId, source) {
+  const response = await fetch("/jobs/" + jobId + "/result?format=html", { headers: apiHeaders() });
   if (!response.ok) { setStatus(await errorText(response), true); return; }
-  const result = await response.json();
-  render(result);
-  for (const fmt of ["json", "srt", "vtt", "csv"]) {
+  await showReport(await response.text(), source || "", videos.get(jobId));
+  $("downloads").hidden = false;
+  for (const fmt of ["json", "html", "srt", "vtt", "csv"]) {
     $("download-" + fmt).onclick = (ev) => { ev.preventDefault(); download(jobId, fmt); };
   }
-  setStatus("done: " + result.utterances.length + " utterance(s)");
+  const n = $("report-frame").contentDocument.querySelectorAll("tr.utt-row").length;
+  setStatus("done: " + n + " utterance(s)");
+  for (const tr of $("jobs").tBodies[0].rows) tr.classList.toggle("selected", tr.dataset.id === jobId);
+}
+
+// The report is the server's HTML report (the very file `mmva analyze -f html` writes), shown in a
+// frame; a file uploaded from this page plays in its player (a local object URL, nothing re-downloaded).
+function showReport(html, source, videoUrl) {
+  const frame = $("report-frame");
+  $("result").hidden = false;
+  $("source").textContent = source ? "— " + source : "";
+  return new Promise((resolve) => {
+    frame.onload = () => {
+      const report = frame.contentWindow.mmvaReport;
+      if (videoUrl && report) report.setVideo(videoUrl);
+      resolve();
+    };
+    frame.srcdoc = html;
+  });
+}
+
+async function refreshJobs() {
+  clearTimeout(jobsTimer);
+  if (authRequired && !$("api-key").value.trim()) return;  // asked again once a key is typed
+  let jobs = [];
+  try {
+    const response = await fetch("/jobs", { headers: apiHeaders() });
+    if (!response.ok) return;  // no key yet, or not ready: the list stays as it was
+    jobs = (await response.json()).jobs || [];
+  } catch (e) { return; }
+  const rows = jobs.slice(0, 20).map((job) => {
+    const tr = document.createElement("tr");
+    tr.dataset.id = job.id;
+    tr.dataset.state = job.state;
+    const pct = Math.round((job.progress || 0) * 100);
+    const name = document.createElement("td");
+    name.textContent = job.source;  // textContent: file names are untrusted
+    const state = document.createElement("td");
+    state.className = "job-state";
+    state.textContent = job.state + (job.state === "running" ? " (" + job.stage + ")" : "");
+    if (job.error) state.title = job.error;
+    const progress = document.createElement("td");
+    progress.className = "job-progress num";
+    const bar = document.createElement("span");
+    bar.className = "mini-bar";
+    const fill = document.createElement("i");
+    fill.style.width = pct + "%";
+    bar.appendChild(fill);
+    progress.append(bar, pct + "%");
+    const when = document.createElement("td");
+    when.className = "num";
+    when.textContent = job.created_at ? new Date(job.created_at).toLocaleTimeString() : "";
+    tr.append(name, state, progress, when);
+    if (job.state === "done") tr.addEventListener("click", () => loadResult(job.id, job.source));
+    if (job.id === currentJob) tr.classList.add("selected");
+    return tr;
+  });
+  $("jobs").tBodies[0].replaceChildren(...rows);
+  $("jobs-empty").hidden = rows.length > 0;
+  const active = jobs.some((j) => j.state === "queued" || j.state === "running");
+  jobsTimer = setTimeout(refreshJobs, active ? 1000 : 10000);
+}
+
+async function onText(ev) {
+  ev.preventDefault();
+  const lines = $("quick-text").value.split("\n").map((l) => l.trim()).filter((l) => l);
+  if (!lines.length) { setStatus("type a sentence first", true); return; }
+  $("text-submit").disabled = true;
+  setStatus("analysing " + lines.length + " sentence(s)");
+  try {
+    const response = await fetch("/invocations", {
+      method: "POST", body: JSON.stringify({ text: lines }),
+      headers: apiHeaders({ "Content-Type": "application/json", "Accept": "text/html" }),
+    });
+    if (!response.ok) { setStatus(await errorText(response), true); return; }
+    await showReport(await response.text(), "typed text", null);
+    $("downloads").hidden = true;  // nothing stored on the server to download
+    setStatus("done: " + lines.length + " sentence(s)");
+  } catch (err) {
+    setStatus(err.message, true);
+  } finally {
+    $("text-submit").disabled = false;
+  }
+}
+
+function setupDrop() {
+  const zone = $("drop-zone");
+  for (const name of ["dragenter", "dragover"]) {
+    zone.addEventListener(name, (ev) => { ev.preventDefault(); zone.classList.add("dragover"); });
+  }
+  for (const name of ["dragleave", "drop"]) {
+    zone.addEventListener(name, (ev) => { ev.preventDefault(); zone.classList.remove("dragover"); });
+  }
+  zone.addEventListener("drop", (ev) => {
+    const files = ev.dataTransfer && ev.dataTransfer.files;
+    if (!files || !files.length) return;
+    $("file").files = files;  // a drop starts the analysis, as a click on Analyze would
+    $("upload-form").requestSubmit();
+  });
+  // A file dropped next to the zone must not make the browser leave the page to open it.
+  window.addEventListener("dragover", (ev) => ev.preventDefault());
+  window.addEventListener("drop", (ev) => ev.preventDefault());
 }
 
 async function download(jobId, fmt) {
@@ -191,17 +298,6 @@ function fillTable(result, tableId = "utterances") {
   $(tableId).tBodies[0].replaceChildren(...rows);
 }
 
-function render(result) {
-  $("result").hidden = false;
-  $("source").textContent = result.source ? "— " + result.source : "";
-  const n = (result.utterances || []).length;
-  const summary = result.summary || {};
-  const dominant = summary.dominant_emotion ? `, dominant emotion: ${summary.dominant_emotion}` : "";
-  $("summary").textContent = `${n} utterance(s), ${(result.duration || 0).toFixed(1)} s${dominant}`;
-  drawTimeline(result);
-  fillTable(result);
-}
-
 async function onSubmit(ev) {
   ev.preventDefault();
   const file = $("file").files[0];
@@ -212,6 +308,9 @@ async function onSubmit(ev) {
   try {
     const job = await uploadJob(file);
     currentJob = job.id;
+    videos.set(job.id, URL.createObjectURL(file));
+    $("source").textContent = "— " + file.name;
+    refreshJobs();
     $("cancel").hidden = false;
     showProgress(job.stage, job.progress);
     poll();
@@ -238,13 +337,18 @@ async function init() {
   $("tab-file").addEventListener("click", () => showTab(false));
   $("tab-live").addEventListener("click", () => showTab(true));
   $("upload-form").addEventListener("submit", onSubmit);
+  $("text-form").addEventListener("submit", onText);
+  $("api-key").addEventListener("change", refreshJobs);
+  setupDrop();
   $("cancel").addEventListener("click", onCancel);
   $("api-key").value = localStorage.getItem("mmva-api-key") || "";
   try {
     const ping = await (await fetch("/ping")).json();  // open; /info needs the key like the rest of the API
     $("key-row").hidden = !ping.auth_required;
+    authRequired = !!ping.auth_required;
     if (ping.error) setStatus(ping.error, !ping.error.includes("loading"));
   } catch (e) { setStatus("the server could not be reached", true); }
+  refreshJobs();
 }
 
 init();
