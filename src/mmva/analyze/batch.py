@@ -422,6 +422,7 @@ def _norm(path: str) -> str:
 def _resume(tasks: list[Task], dest: str, options: BatchOptions) -> tuple[list[Task], list[dict[str, Any]]]:
     """(tasks to run, rows of the files a previous run finished or failed for good)."""
     present = _listing(dest)
+    _remove_stale_temp_files(present)
     with ThreadPoolExecutor(16) as pool:
         records = list(pool.map(lambda t: read_record(t.record) if _norm(t.record) in present else None, tasks))
     todo, done = [], []
@@ -439,6 +440,16 @@ def _resume(tasks: list[Task], dest: str, options: BatchOptions) -> tuple[list[T
         else:
             done.append(rec)
     return todo, done
+
+
+def _remove_stale_temp_files(present: set[str]) -> None:
+    """Temp files that a killed run's local writes left (``.talk.mmva.json.<random>.tmp``, see
+    :func:`mmva.io.storage.write_atomic`): never an output, only litter. S3 writes leave none."""
+    for path in [p for p in present if not storage.is_remote(p)]:
+        name = os.path.basename(path)
+        if name.startswith(".") and name.endswith(".tmp") and (".mmva." in name or name.startswith(".summary.")):
+            Path(path).unlink(missing_ok=True)
+            present.discard(path)
 
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:
