@@ -13,7 +13,7 @@ import torch
 
 import mmva
 from mmva.labels import EMOTIONS, SENTIMENTS
-from mmva.model.default import (DEFAULT_FUSION_WEIGHTS, default_model_dir, load_default_model,
+from mmva.model.default import (default_model_dir, load_default_model,
                                 pool_log_linear, sentiment_from_emotion)
 
 
@@ -131,7 +131,7 @@ def test_text_and_face_are_fused_by_the_stated_rule(model):
     fused = model.predict([text], frames=[face_frames(4)])[0]
     assert fused["modalities"] == ["text", "video"]
     per = {m: np.asarray(p["emotion"]) for m, p in fused["per_modality"].items()}
-    expected = pool_log_linear(per, DEFAULT_FUSION_WEIGHTS)
+    expected = pool_log_linear(per, model.fusion_weights)  # the weights config.json states
     assert np.allclose(fused["emotion"], expected, atol=1e-4)
 
 

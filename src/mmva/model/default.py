@@ -7,7 +7,9 @@ Face: mmva's FER+ expression network (:func:`mmva.encoders.face.detect_and_class
 Fusion rule (no MELD media is available here to learn a fusion, so it is a stated, weighted rule):
 weighted log-linear pooling of the calibrated per-modality distributions over the modalities present,
 
-    p(y) ∝ Π_m p_m(y) ^ (w_m / Σ_present w)      with w = {text: 1.0, audio: 0.35, video: 0.35}
+    p(y) ∝ Π_m p_m(y) ^ (w_m / Σ_present w)      with w = {text: 1.0, audio: 0.15, video: 1.0}
+
+(set from each head's measured information gain on held-out data: tools/fusion_weights.py)
 
 for emotion and for sentiment. Voice and face predict emotions only; their sentiment is derived from
 their emotion probabilities with MELD's mapping (anger/disgust/fear/sadness -> negative, joy ->
@@ -38,7 +40,7 @@ from mmva.labels import EMOTIONS, SENTIMENTS, sentiment_of_emotion
 
 log = logging.getLogger("mmva")
 
-DEFAULT_FUSION_WEIGHTS: dict[str, float] = {"text": 1.0, "audio": 0.35, "video": 0.35}
+DEFAULT_FUSION_WEIGHTS: dict[str, float] = {"text": 1.0, "audio": 0.15, "video": 1.0}  # tools/fusion_weights.py
 # (3, 7) matrix: sentiment probabilities = EMOTION_TO_SENTIMENT @ emotion probabilities.
 EMOTION_TO_SENTIMENT = np.array([[1.0 if sentiment_of_emotion(e) == s else 0.0 for e in EMOTIONS]
                                  for s in SENTIMENTS], dtype=np.float64)
