@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import posixpath
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -47,7 +48,7 @@ log = logging.getLogger("mmva")
 
 STATE_DIR = ".mmva-batch"  # under DEST: one record per file (a dot folder: never taken as input)
 SUMMARY_COLUMNS = ("source", "status", "error", "duration", "n_utterances", "dominant_emotion",
-                   "dominant_sentiment", "n_speakers", "attempts", "seconds", "size", "outputs")
+                   "dominant_sentiment", "n_speakers", "attempts", "seconds", "size", "outputs", "worker")
 MANIFEST_EXTENSIONS = (".csv", ".jsonl")
 _MEDIA = VIDEO_EXTENSIONS + AUDIO_EXTENSIONS + SUBTITLE_EXTENSIONS
 # Errors that may not happen again: a lost connection, a full disk, a worker that died.
@@ -271,6 +272,7 @@ class BatchWorker:
         asr_mod.load_asr(options.asr_model, asr_mod.resolve_device(options.device))
         self.load_seconds = round(time.perf_counter() - t0, 3)
         self.pid = os.getpid()
+        self.name = f"{socket.gethostname()}:{self.pid}"  # in each row: which process (and models) did it
 
     def run(self, task: Task) -> dict[str, Any]:
         """Analyse ``task.source``, write its outputs and then its record; return its summary row."""
@@ -291,6 +293,7 @@ class BatchWorker:
                    "n_utterances": s.get("n_utterances"), "dominant_emotion": s.get("dominant_emotion"),
                    "dominant_sentiment": s.get("dominant_sentiment"), "n_speakers": s.get("n_speakers"),
                    "seconds": round(time.perf_counter() - t0, 3), "outputs": ";".join(outputs)}
+        row["worker"] = self.name
         write_record(task, row)
         return row
 
