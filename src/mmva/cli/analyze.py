@@ -27,19 +27,23 @@ def timeline_table(timeline: Any, max_rows: int = 200) -> Table:
     """A readable Rich table of a timeline's utterances."""
     from mmva.analyze.report import clock
 
+    from rich.text import Text
+
+    # User text goes in as Text, never as markup: escape() leaves a backslash before "[" to Rich,
+    # which then drops it ("\\[" printed "[").
     s = timeline.summary
-    title = (f"{escape(timeline.source)} · {s['n_utterances']} utterance(s) · dominant: "
-             f"{s['dominant_emotion'] or '-'} / {s['dominant_sentiment'] or '-'}")
+    title = Text(f"{timeline.source} · {s['n_utterances']} utterance(s) · dominant: "
+                 f"{s['dominant_emotion'] or '-'} / {s['dominant_sentiment'] or '-'}")
     who = any(u.speaker for u in timeline.utterances)
     if who:
-        title += f" · {s.get('n_speakers', 0)} speaker(s)"
+        title.append(f" · {s.get('n_speakers', 0)} speaker(s)")
     table = Table("start", "end", *(["speaker"] if who else []), "text", "emotion", "sentiment", "modalities",
                   title=title, title_justify="left")
     for u in timeline.utterances[:max_rows]:
         emo = ", ".join(f"{e['label']} {e['confidence']:.0%}" for e in u.emotions[:2]) or "-"
         sen = f"{u.sentiments[0]['label']} {u.sentiments[0]['confidence']:.0%}" if u.sentiments else "-"
-        table.add_row(clock(u.start_time), clock(u.end_time), *([escape(u.speaker or "-")] if who else []),
-                      escape(u.text) if u.text else r"\[no words]", emo, sen, "+".join(u.modalities) or "none")
+        table.add_row(clock(u.start_time), clock(u.end_time), *([Text(u.speaker or "-")] if who else []),
+                      Text(u.text) if u.text else Text("[no words]"), emo, sen, "+".join(u.modalities) or "none")
     if len(timeline.utterances) > max_rows:
         table.caption = f"... {len(timeline.utterances) - max_rows} more in the written files"
     return table
