@@ -30,7 +30,7 @@ RESULTS = Path(__file__).parent / "results" / "meld_dev.json"
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=os.environ.get("MMVA_MELD_DIR", "/work/shared/data/meld"))
+    ap.add_argument("--data", default=os.environ.get("MMVA_MELD_DIR", "../shared/data/meld"))
     ap.add_argument("--model", default=None, help="default-model folder (default: the shipped one)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")

@@ -1,6 +1,6 @@
 """Accuracy of the shipped default text model on MELD dev, against the majority class, and its speed.
 
-    nice python benchmarks/bench_text_accuracy.py --data /work/shared/data/meld
+    nice python benchmarks/bench_text_accuracy.py --data $MMVA_MELD_DIR
     # writes benchmarks/results/text_accuracy.json
 
 Three figures per task (emotion, sentiment), each x100: weighted-F1, accuracy, macro-F1, per-class F1.
@@ -29,7 +29,7 @@ RESULTS = Path(__file__).parent / "results" / "text_accuracy.json"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=os.environ.get("MMVA_MELD_DIR", "/work/shared/data/meld"))
+    parser.add_argument("--data", default=os.environ.get("MMVA_MELD_DIR", "../shared/data/meld"))
     parser.add_argument("--model", default=None, help="default-model folder (default: the shipped one)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(RESULTS))

@@ -1,6 +1,6 @@
 """Voice emotion head: leave-one-speaker-out and cross-corpus scores per feature/normalisation, speed.
 
-    mmva speech-manifest /work/shared/data/speech-emotion runs/voice/speech.csv
+    mmva speech-manifest $MMVA_DATA/speech-emotion runs/voice/speech.csv
     nice python benchmarks/bench_voice.py --data runs/voice/speech.csv --work runs/voice
     # -> benchmarks/results/voice.json
 

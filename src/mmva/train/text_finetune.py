@@ -8,7 +8,7 @@ This is a plain PyTorch loop rather than the project's Lightning trainer on purp
 encoder over raw text (no feature cache, no media), and on 2 CPU cores the dominating costs are
 padding and thread contention, which the length-bucketed batching below controls directly.
 
->>> result = train_text("/work/shared/data/meld", "runs/text")        # doctest: +SKIP
+>>> result = train_text("meld", "runs/text")        # doctest: +SKIP
 >>> result.metrics["emotion"]["weighted_f1"]                           # doctest: +SKIP
 """
 
@@ -78,7 +78,7 @@ def read_meld_text(csv_path: str | Path, context_turns: int = 1) -> tuple[list[T
 
     Returns (examples, problems); a malformed row is reported and skipped.
 
-    >>> ex, problems = read_meld_text("/work/shared/data/meld/dev_sent_emo.csv")   # doctest: +SKIP
+    >>> ex, problems = read_meld_text("meld/dev_sent_emo.csv")   # doctest: +SKIP
     """
     rows, problems = [], []
     with open(csv_path, newline="", encoding="utf-8-sig") as fh:
