@@ -103,21 +103,18 @@ def bench_voice(args: argparse.Namespace) -> dict:
 
 def _fer_meld(net_kind: str, images: np.ndarray) -> np.ndarray:
     """MELD probabilities of uint8 crops with the named head."""
-    import torch
+    import cv2
 
     from mmva.encoders.face import FaceHead, default_weights_path
 
     head = FaceHead(None if net_kind == "mmva" else default_weights_path())
     size = head.size
-    import cv2
-
     crops = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_LINEAR if im.shape[0] < size
                                  else cv2.INTER_AREA) for im in images])
     probs = []
     for s in range(0, len(crops), 256):
         p, _ = head.classify(crops[s: s + 256])
         probs.append(p.numpy())
-    del torch
     return np.concatenate(probs)
 
 

@@ -104,7 +104,30 @@ class _Head:
         return torch.softmax(logits.float() / self.temperature, dim=-1).numpy().astype(np.float32)
 
 
-class VoiceHead:
+class _SingleClip:
+    """``predict_proba`` and ``predict`` for one clip, over a head's ``predict_proba_batch``."""
+
+    labels: tuple[str, ...]
+
+    def predict_proba_batch(self, audios: list[np.ndarray | None], sample_rate: int = 16000, *,
+                            same_speaker: bool = False) -> list[np.ndarray | None]:
+        raise NotImplementedError
+
+    def predict_proba(self, audio: np.ndarray | None, sample_rate: int = 16000) -> np.ndarray | None:
+        """Calibrated probabilities ``(7,)`` (anger, disgust, fear, joy, neutral, sadness, surprise),
+        or None when the audio holds no speech (silence, very low level, no voiced frames)."""
+        return self.predict_proba_batch([audio], sample_rate)[0]
+
+    def predict(self, audio: np.ndarray | None, sample_rate: int = 16000, top_k: int = 3) -> list[dict[str, Any]] | None:
+        """Top-k ``[{"label", "confidence"}]``, best first, or None without speech."""
+        probs = self.predict_proba(audio, sample_rate)
+        if probs is None:
+            return None
+        order = np.argsort(-probs)[:top_k]
+        return [{"label": self.labels[i], "confidence": float(probs[i])} for i in order]
+
+
+class VoiceHead(_SingleClip):
     """Audio -> calibrated emotion probabilities ``(7,)`` in MELD order, or None without speech.
 
     >>> head = load_voice_head()                                   # doctest: +SKIP
@@ -161,18 +184,6 @@ class VoiceHead:
             out[i] = probs[j]
         return out
 
-    def predict_proba(self, audio: np.ndarray | None, sample_rate: int = 16000) -> np.ndarray | None:
-        """Calibrated probabilities ``(7,)`` (anger, disgust, fear, joy, neutral, sadness, surprise),
-        or None when the audio holds no speech (silence, very low level, no voiced frames)."""
-        return self.predict_proba_batch([audio], sample_rate)[0]
-
-    def predict(self, audio: np.ndarray | None, sample_rate: int = 16000, top_k: int = 3) -> list[dict[str, Any]] | None:
-        """Top-k ``[{"label", "confidence"}]``, best first, or None without speech."""
-        probs = self.predict_proba(audio, sample_rate)
-        if probs is None:
-            return None
-        order = np.argsort(-probs)[:top_k]
-        return [{"label": self.labels[i], "confidence": float(probs[i])} for i in order]
 
 
 def default_head_dir() -> Path:
@@ -204,7 +215,7 @@ def _speech_seconds(audio: np.ndarray, sample_rate: int) -> float:
     return float(sum(e - s for s, e in speech_regions(np.asarray(audio, np.float32))))
 
 
-class FeatureVoiceHead:
+class FeatureVoiceHead(_SingleClip):
     """A voice head over a pooled utterance feature (format ``mmva-voice-head-2``).
 
     ``voice.json`` names the feature (``whisper``: mean + std of the Whisper encoder states,
@@ -342,15 +353,6 @@ class FeatureVoiceHead:
             out[i] = probs[j]
         return out
 
-    def predict_proba(self, audio: np.ndarray | None, sample_rate: int = 16000) -> np.ndarray | None:
-        return self.predict_proba_batch([audio], sample_rate)[0]
-
-    def predict(self, audio: np.ndarray | None, sample_rate: int = 16000, top_k: int = 3) -> list[dict[str, Any]] | None:
-        probs = self.predict_proba(audio, sample_rate)
-        if probs is None:
-            return None
-        order = np.argsort(-probs)[:top_k]
-        return [{"label": self.labels[i], "confidence": float(probs[i])} for i in order]
 
 
 def load_voice_head(path: str | None = None) -> Any:

@@ -166,22 +166,6 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
     return float(log_t.exp().detach())
 
 
-def fit_temperature_meld(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Temperature minimising the NLL of MELD-mapped probabilities (contempt dropped) on hard labels."""
-    log_t = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        p = to_meld(torch.softmax(logits / log_t.exp(), -1))
-        loss = -torch.log(p[torch.arange(len(labels)), labels].clamp_min(1e-12)).mean()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return float(log_t.exp().detach())
-
-
 def meld_scores(logits: torch.Tensor, temperature: float, labels_meld: np.ndarray) -> dict[str, Any]:
     """Accuracy, UAR, ECE and per-class recall in MELD order (7-way, contempt dropped)."""
     from sklearn.metrics import balanced_accuracy_score, confusion_matrix
@@ -237,7 +221,7 @@ def train_face(ferplus: str, work: str, *, epochs: int = 24, batch_size: int = 1
     history: list[dict[str, Any]] = []
     start_epoch, best = 0, -1.0
     if state_path.exists():
-        st = torch.load(state_path, weights_only=False)
+        st = torch.load(state_path, weights_only=True)
         net.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         sched.load_state_dict(st["sched"])
@@ -285,7 +269,7 @@ def train_face(ferplus: str, work: str, *, epochs: int = 24, batch_size: int = 1
 
 def evaluate_face(best: Path, data: dict[str, Any], jaffe: str | None) -> dict[str, Any]:
     """Temperature on FER+ valid, then FER+ test and JAFFE scores of the selected weights."""
-    st = torch.load(best, weights_only=False)
+    st = torch.load(best, weights_only=True)
     net = FaceNet()
     net.load_state_dict(st["model"])
     net.eval()
@@ -317,7 +301,7 @@ def export_face(best: str | Path, report: dict[str, Any], dest: str | Path) -> P
     """Write the selected weights (float16 safetensors) and ``face.json`` (temperature, scores)."""
     from safetensors.torch import save_file
 
-    st = torch.load(best, weights_only=False)
+    st = torch.load(best, weights_only=True)
     out = Path(dest)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in st["model"].items()}
