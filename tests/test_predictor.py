@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mmva.cloud import package
 from mmva.labels import EMOTIONS, SENTIMENTS
 from mmva.model.predictor import CheckpointPredictor, file_digest, folder_digest, load_predictor
 from tests.s3 import aws_environment
@@ -136,7 +137,7 @@ def test_packaged_model_is_served_the_sagemaker_way(corpus, checkpoint, tmp_path
     opt_ml_model = tmp_path / "opt" / "ml" / "model"
     opt_ml_model.mkdir(parents=True)
     with tarfile.open(archive) as tar:
-        tar.extractall(opt_ml_model, filter="data")
+        package.safe_extractall(tar, opt_ml_model)
     server = ServerProcess(tmp_path / "work", "--workers", "1", container_entry=True,
                            env=_env(MMVA_MODEL_DIR=str(opt_ml_model))).start()
     try:

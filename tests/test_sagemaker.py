@@ -188,6 +188,32 @@ def test_find_model_explains_what_is_wrong(tmp_path):
         package.unpack_model(str(bad), tmp_path / "x")
 
 
+@pytest.mark.parametrize("stdlib_filter", [True, False], ids=["tarfile-data-filter", "python-3.11.2"])
+def test_unpack_refuses_archives_that_escape_the_model_folder(tmp_path, monkeypatch, stdlib_filter):
+    """Both with Python's own ``filter="data"`` and on interpreters without it (Debian 12's 3.11.2)."""
+    import io
+
+    if not stdlib_filter:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    elif not hasattr(tarfile, "data_filter"):
+        pytest.skip("this Python's tarfile has no data filter")
+    for name, kind in [("../evil.txt", tarfile.REGTYPE), ("link", tarfile.SYMTYPE)]:
+        archive = tmp_path / f"bad-{kind!r}-{len(name)}.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            if kind == tarfile.SYMTYPE:
+                info.linkname = "/etc/passwd"
+                tar.addfile(info)
+            else:
+                info.size = 3
+                tar.addfile(info, io.BytesIO(b"bad"))
+        with pytest.raises(package.ModelPackageError, match=archive.name):
+            package.unpack_model(str(archive), tmp_path / "dest")
+    assert not (tmp_path / "evil.txt").exists()
+    assert not list((tmp_path / "dest").iterdir())
+
+
 # -- the training entry point in a simulated SageMaker container -----------------------------------
 def _opt_ml(root: Path, corpus: Path, hyperparameters: dict[str, str], checkpoints: bool = False) -> Path:
     """The /opt/ml tree SageMaker prepares: channel data, hyperparameters, resource config."""

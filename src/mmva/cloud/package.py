@@ -135,6 +135,25 @@ def package_model(source: str, out: str, metrics: dict[str, Any] | None = None) 
     return out
 
 
+def safe_extractall(tar: tarfile.TarFile, dest: Path) -> None:
+    """Extract only plain files and folders that stay inside ``dest``.
+
+    Python's ``filter="data"`` does this, but it only exists from 3.11.4 / 3.12 (Debian 12 ships
+    3.11.2), so older interpreters get the same rule checked here by hand.
+    """
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(dest, filter="data")  # no absolute paths, links out, devices
+        return
+    root = dest.resolve()
+    for member in tar.getmembers():
+        target = (root / member.name).resolve()
+        if not (member.isfile() or member.isdir()):
+            raise tarfile.TarError(f"{member.name!r} is a link or special file")
+        if target != root and root not in target.parents:
+            raise tarfile.TarError(f"{member.name!r} would be written outside the model folder")
+    tar.extractall(dest)
+
+
 def unpack_model(archive: str, dest: str | os.PathLike) -> Path:
     """Extract a ``model.tar.gz`` (local or ``s3://``) into ``dest``, refusing unsafe members."""
     local, is_temp = storage.local_copy(archive, suffix=".tar.gz")
@@ -142,7 +161,7 @@ def unpack_model(archive: str, dest: str | os.PathLike) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     try:
         with tarfile.open(local, "r:*") as tar:
-            tar.extractall(dest, filter="data")  # no absolute paths, links out, devices
+            safe_extractall(tar, dest)
     except tarfile.TarError as exc:
         raise ModelPackageError(archive, f"not a readable model archive ({exc})") from exc
     finally:
