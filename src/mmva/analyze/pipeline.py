@@ -450,6 +450,9 @@ def _collect_frames(path: str, utts: list[Utterance], opts: AnalyzeOptions,
     return [collector.frames(i) for i in range(len(utts))]
 
 
+FOLLOWING_TURNS = 2  # next utterances passed to a model that uses them (it keeps what it was trained on)
+
+
 def _predict(predictor: Any, utts: list[Utterance], audio: list[np.ndarray | None],
              frames: list[np.ndarray | None], opts: AnalyzeOptions, top_k: int, stages: _Stages,
              frac: float, history: list[str], sources: list[Any] | None = None) -> None:
@@ -465,6 +468,12 @@ def _predict(predictor: Any, utts: list[Utterance], audio: list[np.ndarray | Non
     # model batches internally by length).
     # Speakers are passed only when known, so predictor objects written before diarization still work.
     speakers = {"speakers": [u.speaker for u in utts]} if any(u.speaker for u in utts) else {}
+    if getattr(predictor, "uses_following", False):
+        # A recorded file's transcript is known: the next utterances of the window are context too
+        # (the last one of a window, every few minutes, goes without; the model was trained so).
+        spoken = [u.text for u in utts]
+        speakers["following"] = [[t for t in spoken[i + 1: i + 1 + FOLLOWING_TURNS] if t]
+                                 for i in range(len(utts))]
     preds = stages.run("emotions", frac, lambda: predictor.predict(
         [u.text for u in utts], contexts=contexts, audio=audio, frames=frames,
         sample_rate=SAMPLE_RATE, same_speaker=True, sources=sources, **speakers))

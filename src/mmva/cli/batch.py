@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 from rich.markup import escape
 
-from mmva.cli import app, console
+from mmva.cli import app, console, pick_model, text_model_option
 
 
 @app.command("batch")
@@ -33,6 +33,7 @@ def batch_cmd(
     retry_failed: bool = typer.Option(False, "--retry-failed",
                                       help="Also retry files an earlier run recorded as failed for good."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="As for mmva analyze (default: the shipped model)."),
+    text_model: str = text_model_option(),
     asr_model: Optional[str] = typer.Option(None, "--asr-model", help="faster-whisper model folder or name."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     top_k: int = typer.Option(3, "--top-k", min=1, max=7, help="Emotions listed per utterance."),
@@ -48,7 +49,7 @@ def batch_cmd(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--format") from None
     threads = max(1, int(cpus_per_worker)) if ray else None
-    options = BatchOptions(formats=formats, model=model, asr_model=asr_model, device=device, top_k=top_k,
+    options = BatchOptions(formats=formats, model=pick_model(model, text_model), asr_model=asr_model, device=device, top_k=top_k,
                            diarize=diarize, retries=retries, retry_failed=retry_failed, threads=threads)
 
     reported: set[str] = set()

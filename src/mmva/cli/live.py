@@ -13,7 +13,7 @@ from typing import Any, Optional
 import typer
 from rich.markup import escape
 
-from mmva.cli import app, console
+from mmva.cli import app, console, pick_model, text_model_option
 
 
 def _line(u: Any, delay: float | None) -> str:
@@ -38,6 +38,7 @@ def live_cmd(
     frames: bool = typer.Option(True, "--frames/--no-frames", help="Read faces from SOURCE's video."),
     model: Optional[str] = typer.Option(None, "--model", help="A `mmva train` checkpoint, default-model folder "
                                                               "or model.tar.gz (default: the shipped model)."),
+    text_model: str = text_model_option(),
     asr_model: Optional[str] = typer.Option(None, "--asr-model", help="faster-whisper model folder or name."),
     top_k: int = typer.Option(3, "--top-k", min=1, max=7, help="Emotions and sentiments kept per utterance."),
     input_device: Optional[str] = typer.Option(None, "--input-device", help="Microphone (sounddevice name or index)."),
@@ -58,7 +59,7 @@ def live_cmd(
         elif isinstance(event, Partial) and partials:
             console.print(f"[dim]… {escape(event.text)}[/dim]")
 
-    live = LiveAnalyzer(model, asr_model=asr_model, options=LiveOptions(top_k=top_k,
+    live = LiveAnalyzer(pick_model(model, text_model), asr_model=asr_model, options=LiveOptions(top_k=top_k,
                                                                         partial_every=1.0 if (partials or as_json) else 0))
     live.warm_up()
     if source is None:

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from mmva.cli import app, console
+from mmva.cli import app, console, pick_model, text_model_option
 
 
 @app.command("train-text")
@@ -69,12 +69,13 @@ def analyze_text_cmd(
     top_k: int = typer.Option(3, help="Emotions/sentiments listed per text."),
     model: Optional[str] = typer.Option(None, help="A `mmva train` checkpoint, a default-model folder or a "
                                         "model.tar.gz, local or s3:// (default: the model shipped with mmva)."),
+    text_model: str = text_model_option(),
 ) -> None:
     """Emotion and sentiment of sentences, with the default model or --model (no media needed)."""
     from mmva.model.predictor import analyze_text
 
     try:
-        results = analyze_text(texts, top_k=top_k, model=model)
+        results = analyze_text(texts, top_k=top_k, model=pick_model(model, text_model))
     except (OSError, ValueError) as exc:  # a missing file, not a checkpoint, a bad archive: named
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

