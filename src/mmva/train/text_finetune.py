@@ -378,15 +378,16 @@ def fit_temperature(z: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def fit_bias(z: torch.Tensor, y: torch.Tensor, grid: Sequence[float] = tuple(np.arange(-1.5, 1.51, 0.1)),
-             rounds: int = 2) -> torch.Tensor:
-    """Per-class additive logit bias maximising weighted-F1 (coordinate ascent over a grid)."""
+             rounds: int = 2, average: str = "weighted") -> torch.Tensor:
+    """Per-class additive logit bias maximising F1 (``average``: "weighted" or "macro", the latter
+    favouring rare classes), by coordinate ascent over a grid."""
     from sklearn.metrics import f1_score
 
     b = torch.zeros(z.shape[1])
     yt = y.numpy()
 
     def score(bias: torch.Tensor) -> float:
-        return f1_score(yt, (z + bias).argmax(-1).numpy(), average="weighted", zero_division=0)
+        return f1_score(yt, (z + bias).argmax(-1).numpy(), average=average, zero_division=0)
 
     best = score(b)
     for _ in range(rounds):
