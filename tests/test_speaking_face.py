@@ -96,3 +96,21 @@ def test_a_speaker_whose_lips_were_seen_moving_keeps_that_face(tmp_path: Path) -
     assert sides == ["right", "right", "left"]
     # without speakers nothing is carried over: the still clip reads the largest face
     assert load_default_model().predict([""], frames=[still])[0]["face_chosen"] == "largest"
+
+
+def test_a_speakers_face_is_remembered_from_one_call_to_the_next(tmp_path: Path) -> None:
+    """``mmva analyze`` predicts window by window: the memory the model hands out (one per recording)
+    carries where Speaker 1 was seen talking into the next call; without it nothing is carried."""
+    from mmva.model.default import load_default_model
+
+    model = load_default_model()
+    talking, still = two_faces(tmp_path, "right"), two_faces(tmp_path, None)
+    memory = model.speaker_faces()
+    first = model.predict([""], frames=[talking], speakers=["Speaker 1"], speaker_faces=memory)[0]
+    later = model.predict(["", ""], frames=[still, still], speakers=["Speaker 1", "Speaker 2"],
+                          speaker_faces=memory)
+    assert first["face_chosen"] == "mouth" and [p["face_chosen"] for p in later] == ["speaker", "largest"]
+    assert later[0]["face_box"]["x"] > 0.5 > later[1]["face_box"]["x"]  # Speaker 1 on the right face
+    assert memory.where("Speaker 2") is None
+    alone = model.predict([""], frames=[still], speakers=["Speaker 1"])[0]
+    assert alone["face_chosen"] == "largest"
