@@ -6,33 +6,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
 from mmva.analyze.timeline import Timeline, apply_prediction
-from mmva.data.synth import face_photo
-from mmva.encoders.face import detect_and_classify, detect_faces
+from mmva.encoders.face import detect_and_classify
 from mmva.io.media import iter_frames
 from mmva.types import Utterance
-from tests.media import write_video
+from tests.media import mouth_frames, write_video
 
 H, W = 240, 400
 LEFT, RIGHT = (slice(30, 210), slice(10, 190)), (slice(50, 194), slice(236, 380))  # 180 px, 144 px faces
 
 
 def _face(size: int, n: int, talks: bool) -> np.ndarray:
-    """The astronaut photo ``n`` times; when ``talks``, its mouth opens and closes (a dark opening
-    drawn on her own mouth, as tall as 0-12 % of the face)."""
-    face = face_photo(size)
-    x, y, w, h = detect_faces(cv2.cvtColor(face, cv2.COLOR_RGB2GRAY))[0]
-    out = np.repeat(face[None], n, axis=0)
-    if talks:
-        for i, frame in enumerate(out):
-            opening = int(h * (0.01, 0.06, 0.12, 0.04)[i % 4])
-            cv2.ellipse(frame, (x + w // 2, y + int(0.74 * h)), (w // 7, max(1, opening)), 0, 0, 360,
-                        (70, 25, 35), -1)
-    return out
+    """The astronaut photo ``n`` times; when ``talks``, its mouth opens and closes."""
+    return mouth_frames(size, n, talks)
 
 
 def two_faces(tmp_path: Path, talker: str | None, n: int = 8) -> np.ndarray:
