@@ -12,7 +12,10 @@ utterance (oracle segmentation), scored by the voice head four ways:
 - ``oracle``: each true speaker's clips normalised together (what perfect diarization would give);
 - ``diarized``: each speaker found by :class:`mmva.analyze.diarize.Diarizer` (number of speakers found
   automatically, oracle voice activity: the clip spans) normalised together, as ``mmva analyze`` does
-  (:meth:`mmva.model.default.DefaultModel.audio_probs`, ``speakers=``).
+  (:meth:`mmva.model.default.DefaultModel.audio_probs`, ``speakers=``): a speaker with fewer clips than
+  the speaker head needs gets the single-clip head;
+- ``diarized_pooled`` (a candidate rule, not what analyze does): the same, but a diarized speaker with
+  too few clips takes the whole-recording normalisation instead.
 
 Scores per corpus over all its clips: accuracy and UAR (mean recall over the corpus's classes;
 predictions over all 7), with a 95 % bootstrap interval over recordings, and the paired difference
@@ -48,7 +51,7 @@ from machine import end_load, machine_info  # noqa: E402
 from mmva.labels import EMOTIONS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-WAYS = ("none", "recording", "oracle", "diarized")
+WAYS = ("none", "recording", "oracle", "diarized", "diarized_pooled")
 
 
 def default_data() -> Path:
@@ -134,6 +137,16 @@ def grouped_probs(head: Any, feats: list[np.ndarray | None], groups: list[Any] |
         for i, p in zip(idx, got):
             out[i] = p
     return out
+
+
+def pooled_small(head: Any, feats: list[np.ndarray | None], groups: list[Any], diarized: list[Any],
+                 recording: list[Any]) -> list[Any]:
+    """A candidate rule: a diarized speaker with too few clips for the speaker head takes the
+    whole-recording normalisation instead of none."""
+    count: dict[Any, int] = {}
+    for g, f in zip(groups, feats):
+        count[g] = count.get(g, 0) + (f is not None)
+    return [r if count[g] < head.min_speaker_utterances else d for g, d, r in zip(groups, diarized, recording)]
 
 
 def score(preds: list[list[int]], labels: list[list[int]]) -> dict[str, float]:
@@ -267,6 +280,7 @@ def main() -> None:
                 ways = {"none": grouped_probs(head, f, None, False), "recording": grouped_probs(head, f, None, True),
                         "oracle": grouped_probs(head, f, [c["speaker"] for c in r["clips"]], True),
                         "diarized": grouped_probs(head, f, fd, True)}
+                ways["diarized_pooled"] = pooled_small(head, f, fd, ways["diarized"], ways["recording"])
                 for w, probs in ways.items():  # a clip without speech (none here, in practice) counts as wrong
                     per_way[w].append([int(np.argmax(p)) if p is not None else -1 for p in probs])
             entry[name] = summarise(per_way, labels, np.random.default_rng(1))

@@ -308,7 +308,10 @@ def section_voice_speakers(vs: dict | None, vl: dict | None = None) -> str:
             "statistics (`none`: the utterance head), the whole recording normalised as one speaker (`recording`: "
             "analyze before diarization), each true speaker normalised alone (`oracle`), or each speaker found by "
             "the diarizer normalised alone (`diarized`: what analyze does now); a group needs "
-            f"{vs['min_speaker_utterances']} clips for the speaker head. UAR over the corpus's classes and accuracy, "
+            f"{vs['min_speaker_utterances']} clips for the speaker head, else gets the single-clip head"
+            + ("; `diarized_pooled`, a candidate rule that analyze does not use: a diarized speaker with fewer "
+               "clips takes the whole-recording normalisation instead" if "diarized_pooled" in vs["ways"] else "")
+            + ". UAR over the corpus's classes and accuracy, "
             "pooled over its clips, x100; the last columns: UAR difference to `recording`, 95 % bootstrap interval "
             "over recordings (bench_voice_speakers.py).", ""]
     for name, res in (("voice_speakers", vs), ("voice_speakers_long", vl)):
