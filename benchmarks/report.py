@@ -291,6 +291,62 @@ def section_diarize(dz: dict | None) -> str:
     return "\n".join(out)
 
 
+def _pct(x: float) -> float:
+    return round(100 * x, 1)
+
+
+def _ci(pair: list[float]) -> str:
+    return f"{100 * pair[0]:+.1f} to {100 * pair[1]:+.1f}"
+
+
+def section_voice_speakers(vs: dict | None, vl: dict | None = None) -> str:
+    out = ["### Voice head with per-speaker normalisation on mixed-speaker recordings (issue 21)", ""]
+    if not vs:
+        return "\n".join(out + ["`voice_speakers.json`: not run yet (`python benchmarks/bench_voice_speakers.py`).", ""])
+    out += ["Recordings built from one corpus each: 2, 3 or 4 of its speakers, each with a number of clips, "
+            "shuffled, 0.2-0.8 s pauses; every clip one utterance. The voice head scores each clip with no speaker "
+            "statistics (`none`: the utterance head), the whole recording normalised as one speaker (`recording`: "
+            "analyze before diarization), each true speaker normalised alone (`oracle`), or each speaker found by "
+            "the diarizer normalised alone (`diarized`: what analyze does now); a group needs "
+            f"{vs['min_speaker_utterances']} clips for the speaker head, else gets the single-clip head"
+            + ("; `diarized_pooled`, a candidate rule that analyze does not use: a diarized speaker with fewer "
+               "clips takes the whole-recording normalisation instead" if "diarized_pooled" in vs["ways"] else "")
+            + ". UAR over the corpus's classes and accuracy, "
+            "pooled over its clips, x100; the last columns: UAR difference to `recording`, 95 % bootstrap interval "
+            "over recordings (bench_voice_speakers.py).", ""]
+    for name, res in (("voice_speakers", vs), ("voice_speakers_long", vl)):
+        if res:
+            out += _voice_speakers_block(name, res)
+    return "\n".join(out)
+
+
+def _voice_speakers_block(name: str, vs: dict) -> list[str]:
+    corpora = vs["corpora"]
+    lo, hi = vs.get("clips_per_speaker", [None, None])
+    out = [f"**{lo}-{hi} clips a speaker** (`{name}.json`).", ""]
+    heads = [("held_out", "heads refitted without the corpus (never heard these speakers)"),
+             ("shipped", "the shipped head, **in-sample** (trained on every clip of these corpora: optimistic)")]
+    for key, what in heads:
+        rows = []
+        for c, e in corpora.items():
+            r = e.get(key)
+            if not r:
+                continue
+            rows.append([c, e["recordings"], e["clips"], *[_pct(r[w]["uar"]) for w in vs["ways"]],
+                         *[_pct(r[w]["accuracy"]) for w in vs["ways"]],
+                         _ci(r["oracle"]["uar_vs_recording_ci95"]), _ci(r["diarized"]["uar_vs_recording_ci95"])])
+        if rows:
+            out += [f"With {what}:", "",
+                    table(["corpus", "recordings", "clips", *[f"UAR {w}" for w in vs["ways"]],
+                           *[f"acc. {w}" for w in vs["ways"]], "oracle - recording", "diarized - recording"], rows), ""]
+    diar = [[c, " ".join(str(k) for k in e["speakers_per_recording"]), " ".join(str(k) for k in e["speakers_found"]),
+             _pct(e["count_right"]), _pct(e["diarization_purity"])] for c, e in corpora.items()]
+    out += ["Diarization of these recordings (oracle voice activity: the clip spans; count found automatically):", "",
+            table(["corpus", "speakers per recording", "speakers found", "count right, %", "purity, % of clips"], diar),
+            "", machine_line(name, vs), ""]
+    return out
+
+
 VOICE_NAMES = {"mfcc": "40 MFCC mean + std, RMS", "acoustic": "acoustic statistics (MFCC, YIN pitch, energy)",
                "whisper": "Whisper tiny.en encoder states, mean + std", "whisper-base": "Whisper base encoder states",
                "whisper+acoustic": "Whisper tiny + acoustic (shipped)", "whisper-base+acoustic": "Whisper base + acoustic",
@@ -368,7 +424,7 @@ SECTIONS: list[tuple[tuple[str, ...], Callable[..., str]]] = [
     (("scaling", "analyze"), section_targets),
     (("scaling", "analyze"), section_speed), (("train",), section_train),
     (("meld_dev", "text_accuracy", "fusion"), section_accuracy), (("extract", "serve_load", "voice"), section_other),
-    (("diarize",), section_diarize), (("voice_heads",), section_voice_heads), (("face_heads",), section_face_heads),
+    (("diarize",), section_diarize), (("voice_speakers", "voice_speakers_long"), section_voice_speakers), (("voice_heads",), section_voice_heads), (("face_heads",), section_face_heads),
 ]
 
 

@@ -18,7 +18,7 @@ from mmva.data.synth import face_photo, speak, write_mp4
 __all__ = [
     "write_video", "speak", "face_photo", "tone", "silence", "moving_frames", "face_frames",
     "rotate_mp4", "truncate", "random_bytes_file", "zero_byte_file", "corrupt_video_packets",
-    "talking_head", "write_wav", "write_with_subtitles",
+    "talking_head", "write_wav", "write_with_subtitles", "mouth_frames", "two_faces_frames", "two_faces_talking",
 ]
 
 
@@ -194,3 +194,74 @@ def faststart(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
             packet.stream = streams[packet.stream.index]
             out.mux(packet)
     return Path(dst)
+
+
+# -- two faces taking turns (issue 21: the face that speaks) -----------------------------------------
+TWO_FACES_SIZE = (240, 400)  # frame height, width
+LEFT_FACE = (slice(30, 210), slice(10, 190))  # rows, columns of the larger (180 px) face
+RIGHT_FACE = (slice(50, 194), slice(236, 380))  # the smaller (144 px) face, mirrored: another pose
+
+
+def mouth_frames(size: int, n: int, talks: bool) -> np.ndarray:
+    """The face photo ``n`` times; when ``talks``, its mouth opens and closes (a dark opening drawn on
+    her own mouth, 1-12 % of the face tall, a new height every frame)."""
+    import cv2
+
+    from mmva.encoders.face import detect_faces
+
+    face = face_photo(size)
+    x, y, w, h = detect_faces(cv2.cvtColor(face, cv2.COLOR_RGB2GRAY))[0]
+    out = np.repeat(face[None], n, axis=0)
+    if talks:
+        for i, frame in enumerate(out):
+            opening = int(h * (0.01, 0.06, 0.12, 0.04)[i % 4])
+            cv2.ellipse(frame, (x + w // 2, y + int(0.74 * h)), (w // 7, max(1, opening)), 0, 0, 360,
+                        (70, 25, 35), -1)
+    return out
+
+
+def two_faces_frames(talkers: Sequence[str | None]) -> np.ndarray:
+    """One frame per item of ``talkers``: the two faces side by side (the left one larger), the mouth
+    of ``"left"``/``"right"`` moving, none for None."""
+    faces = {side: (mouth_frames(size, 1, False)[0], mouth_frames(size, 4, True))
+             for side, size in (("left", 180), ("right", 144))}
+    frames = np.full((len(talkers), *TWO_FACES_SIZE, 3), 110, np.uint8)
+    for side, (rows, cols) in (("left", LEFT_FACE), ("right", RIGHT_FACE)):
+        still, talking = faces[side]
+        for i, who in enumerate(talkers):
+            face = talking[i % 4] if who == side else still
+            frames[i, rows, cols] = face[:, ::-1] if side == "right" else face
+    return frames
+
+
+def two_faces_talking(path: str | os.PathLike, turns: Sequence[tuple[int, str]], sides: Sequence[str], *,
+                      moving: Sequence[bool] | None = None, pauses: Sequence[float] | None = None,
+                      fps: float = 4.0, seed: int = 0) -> tuple[Path, list[tuple[float, float, int]]]:
+    """An MP4 of two faces whose owners speak in turn with distinct espeak-ng voices.
+
+    ``turns``: (voice index into ``synth.CONVERSATION_VOICES``, text); ``sides[k]``: the face of voice
+    ``k`` ("left": the larger face, "right": the smaller). During turn ``i`` that face's mouth moves
+    when ``moving[i]`` (default: always); between turns no mouth moves. ``pauses[i]``: seconds of
+    silence before turn ``i + 1`` (default 0.6). Returns the file and the reference turns
+    ``(start, end, voice)`` in seconds.
+    """
+    from mmva.data.synth import conversation
+
+    moving = list(moving) if moving is not None else [True] * len(turns)
+    gaps = list(pauses) if pauses is not None else [0.6] * (len(turns) - 1)
+    parts, ref, t = [], [], 0.0
+    for i, (who, text) in enumerate(turns):
+        clip, (span,) = conversation([(who, text)], seed=seed + i)
+        if i:
+            parts.append(silence(gaps[i - 1]))
+            t += gaps[i - 1]
+        ref.append((t + span[0], t + span[1], who))
+        parts.append(clip)
+        t += len(clip) / 16000
+    audio = np.concatenate(parts)
+    times = np.arange(int(np.ceil(len(audio) / 16000 * fps))) / fps
+    talkers = []
+    for tt in times:
+        turn = next((i for i, (s, e, _) in enumerate(ref) if s <= tt < e), None)
+        talkers.append(sides[ref[turn][2]] if turn is not None and moving[turn] else None)
+    return write_video(path, two_faces_frames(talkers), fps=fps, audio=audio), ref

@@ -86,3 +86,27 @@ def test_machine_info_describes_the_machine():
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="no CUDA GPU"):
             check_device("cuda")
+
+
+def test_voice_speakers_bench_groups_clips_as_analyze_does():
+    """bench_voice_speakers.py extracts each clip's voice features once and scores several groupings;
+    each grouping must give what ``DefaultModel.audio_probs`` gives for the same speakers."""
+    from bench_voice_speakers import grouped_probs
+
+    from mmva.data.synth import speak
+    from mmva.model.default import load_default_model
+
+    model = load_default_model()
+    head = model.voice_head()
+    if head is None or not hasattr(head, "proba_from_features"):
+        pytest.skip("no feature voice head in this default model")
+    lines = ["We should start now.", "I have not finished yet.", "Did anyone book the room?",
+             "It is on the third floor.", "Thank you so much.", "Let us go through the agenda."]
+    clips = [speak(t, pitch=p) for p in (30, 80) for t in lines]
+    who = ["Speaker 1"] * 6 + ["Speaker 2"] * 6
+    feats = head.features_batch(clips)
+    for groups, same in ((who, True), (None, True), (None, False)):
+        want = model.audio_probs(clips, 16000, same_speaker=same, speakers=groups)
+        got = grouped_probs(head, feats, groups, same)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w["emotion"], atol=1e-6)

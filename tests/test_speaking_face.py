@@ -6,33 +6,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
 from mmva.analyze.timeline import Timeline, apply_prediction
-from mmva.data.synth import face_photo
-from mmva.encoders.face import detect_and_classify, detect_faces
+from mmva.encoders.face import detect_and_classify
 from mmva.io.media import iter_frames
 from mmva.types import Utterance
-from tests.media import write_video
+from tests.media import mouth_frames, write_video
 
 H, W = 240, 400
 LEFT, RIGHT = (slice(30, 210), slice(10, 190)), (slice(50, 194), slice(236, 380))  # 180 px, 144 px faces
 
 
 def _face(size: int, n: int, talks: bool) -> np.ndarray:
-    """The astronaut photo ``n`` times; when ``talks``, its mouth opens and closes (a dark opening
-    drawn on her own mouth, as tall as 0-12 % of the face)."""
-    face = face_photo(size)
-    x, y, w, h = detect_faces(cv2.cvtColor(face, cv2.COLOR_RGB2GRAY))[0]
-    out = np.repeat(face[None], n, axis=0)
-    if talks:
-        for i, frame in enumerate(out):
-            opening = int(h * (0.01, 0.06, 0.12, 0.04)[i % 4])
-            cv2.ellipse(frame, (x + w // 2, y + int(0.74 * h)), (w // 7, max(1, opening)), 0, 0, 360,
-                        (70, 25, 35), -1)
-    return out
+    """The astronaut photo ``n`` times; when ``talks``, its mouth opens and closes."""
+    return mouth_frames(size, n, talks)
 
 
 def two_faces(tmp_path: Path, talker: str | None, n: int = 8) -> np.ndarray:
@@ -96,3 +85,21 @@ def test_a_speaker_whose_lips_were_seen_moving_keeps_that_face(tmp_path: Path) -
     assert sides == ["right", "right", "left"]
     # without speakers nothing is carried over: the still clip reads the largest face
     assert load_default_model().predict([""], frames=[still])[0]["face_chosen"] == "largest"
+
+
+def test_a_speakers_face_is_remembered_from_one_call_to_the_next(tmp_path: Path) -> None:
+    """``mmva analyze`` predicts window by window: the memory the model hands out (one per recording)
+    carries where Speaker 1 was seen talking into the next call; without it nothing is carried."""
+    from mmva.model.default import load_default_model
+
+    model = load_default_model()
+    talking, still = two_faces(tmp_path, "right"), two_faces(tmp_path, None)
+    memory = model.speaker_faces()
+    first = model.predict([""], frames=[talking], speakers=["Speaker 1"], speaker_faces=memory)[0]
+    later = model.predict(["", ""], frames=[still, still], speakers=["Speaker 1", "Speaker 2"],
+                          speaker_faces=memory)
+    assert first["face_chosen"] == "mouth" and [p["face_chosen"] for p in later] == ["speaker", "largest"]
+    assert later[0]["face_box"]["x"] > 0.5 > later[1]["face_box"]["x"]  # Speaker 1 on the right face
+    assert memory.where("Speaker 2") is None
+    alone = model.predict([""], frames=[still], speakers=["Speaker 1"])[0]
+    assert alone["face_chosen"] == "largest"

@@ -231,6 +231,8 @@ def _analyze_media(path: str, subtitles: str | None, asr_model: str | None, devi
         timeline.model["diarization"] = "resemblyzer GE2E speaker embeddings + agglomerative clustering"
     # A predictor that decodes its utterances itself (a checkpoint, as in training) needs no frames.
     own_media = bool(getattr(predictor, "decodes_media", False))
+    # Where each speaker was seen talking, kept from window to window (predictors that support it).
+    faces = predictor.speaker_faces() if callable(getattr(predictor, "speaker_faces", None)) else None
     # How far the audio could be decoded: a truncated file ends before the duration it declares.
     reach = [0.0] if asr is not None else [info.duration or 0.0]
     windows = (_asr_windows(path, info.duration, asr, opts, stages, reach, diarizer) if asr is not None
@@ -246,7 +248,7 @@ def _analyze_media(path: str, subtitles: str | None, asr_model: str | None, devi
         audio = ([_slice(chunk, t0, u) for u in utts] if chunk is not None and not own_media
                  else [None] * len(utts))
         sources = [_span(path, u, info.duration) for u in utts]
-        _predict(predictor, utts, audio, frames, opts, top_k, stages, frac, history, sources)
+        _predict(predictor, utts, audio, frames, opts, top_k, stages, frac, history, sources, faces)
         for u in utts:  # the window's audio and frames are dropped here; the results stay
             u.path = path
         timeline.utterances.extend(utts)
@@ -455,8 +457,9 @@ FOLLOWING_TURNS = 2  # next utterances passed to a model that uses them (it keep
 
 def _predict(predictor: Any, utts: list[Utterance], audio: list[np.ndarray | None],
              frames: list[np.ndarray | None], opts: AnalyzeOptions, top_k: int, stages: _Stages,
-             frac: float, history: list[str], sources: list[Any] | None = None) -> None:
-    """Run the model over one window's utterances and write the predictions into them."""
+             frac: float, history: list[str], sources: list[Any] | None = None, faces: Any = None) -> None:
+    """Run the model over one window's utterances and write the predictions into them (``faces``: the
+    predictor's memory of where each speaker was seen talking, one per recording)."""
     contexts = []
     for u in utts:
         contexts.append(history[-opts.context_turns:] if opts.context_turns else [])
@@ -468,6 +471,8 @@ def _predict(predictor: Any, utts: list[Utterance], audio: list[np.ndarray | Non
     # model batches internally by length).
     # Speakers are passed only when known, so predictor objects written before diarization still work.
     speakers = {"speakers": [u.speaker for u in utts]} if any(u.speaker for u in utts) else {}
+    if speakers and faces is not None:
+        speakers["speaker_faces"] = faces
     if getattr(predictor, "uses_following", False):
         # A recorded file's transcript is known: the next utterances of the window are context too
         # (the last one of a window, every few minutes, goes without; the model was trained so).

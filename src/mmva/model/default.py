@@ -203,20 +203,26 @@ class DefaultModel:
         return {"emotion": p, "sentiment": sentiment_from_emotion(p), "crop": face.telling_crop(), "box": frac,
                 "chosen": face.chosen}
 
-    def _speaker_faces(self, frames: list[np.ndarray | None], speakers: list[str | None] | None
-                       ) -> list[dict[str, Any] | None]:
+    def _speaker_faces(self, frames: list[np.ndarray | None], speakers: list[str | None] | None,
+                       memory: "SpeakerFaces | None" = None) -> list[dict[str, Any] | None]:
         """:meth:`video_probs` per item; with speakers, an item whose faces did not show who spoke is
-        read again with the face where that speaker's moving mouth was seen in other items."""
+        read again with the face where that speaker's moving mouth was seen: in other items, or in
+        earlier calls when ``memory`` (kept by the caller for one recording) is given."""
         out = [self.video_probs(f) for f in frames]
-        seen: dict[str, list[tuple[float, float]]] = {}
+        memory = memory if memory is not None else SpeakerFaces()
         for v, who in zip(out, speakers or []):
             if v is not None and who is not None and v["chosen"] == "mouth":
-                seen.setdefault(who, []).append((v["box"]["x"] + v["box"]["w"] / 2,
-                                                 v["box"]["y"] + v["box"]["h"] / 2))
+                memory.add(who, v["box"])
         for i, (v, who) in enumerate(zip(out, speakers or [])):
-            if v is not None and v["chosen"] == "largest" and who in seen:
-                out[i] = self.video_probs(frames[i], near=tuple(np.median(seen[who], axis=0)))
+            near = memory.where(who) if v is not None and v["chosen"] == "largest" else None
+            if near is not None:
+                out[i] = self.video_probs(frames[i], near=near)
         return out
+
+    def speaker_faces(self) -> "SpeakerFaces":
+        """A fresh memory of where each speaker's face was seen talking, for the ``speaker_faces``
+        argument of :meth:`predict`: one per recording, passed to every call on it."""
+        return SpeakerFaces()
 
     # -- fused prediction ---------------------------------------------------------------------
     def predict(self, texts: list[str], *, contexts: list[list[str]] | None = None,
@@ -224,7 +230,8 @@ class DefaultModel:
                 sample_rate: int = 16000, same_speaker: bool = False,
                 sources: list[Any] | None = None,
                 speakers: list[str | None] | None = None,
-                following: list[list[str]] | None = None) -> list[dict[str, Any]]:
+                following: list[list[str]] | None = None,
+                speaker_faces: "SpeakerFaces | None" = None) -> list[dict[str, Any]]:
         """One fused prediction per item (see the module docstring for the rule).
 
         ``following`` (the next utterances' texts per item, known for recorded media) is used by a
@@ -233,6 +240,9 @@ class DefaultModel:
         ``same_speaker=True`` when the items are utterances of one recording (``mmva analyze``);
         ``speakers`` (a label per item, from diarization) makes the voice head normalise each
         speaker's utterances together (:meth:`audio_probs`).
+        ``speaker_faces`` (:meth:`speaker_faces`, one per recording) carries where each speaker was seen
+        talking from one call to the next, so a speaker keeps that face over the whole recording
+        (``mmva analyze`` calls once per window of a few minutes).
         ``sources`` (each utterance's media span) is part of the predictor interface
         (:mod:`mmva.model.predictor`) and unused: this model works on the given audio and frames.
 
@@ -242,7 +252,8 @@ class DefaultModel:
         was read, ``face_crop`` is the grey crop (uint8, the head's input size) of the frame most sure of
         the face's top emotion, and ``face_box`` the face read (fractions of the frame); with several
         faces, ``face_chosen`` says why that one: "mouth" (its mouth moved), "speaker" (the item's
-        speaker was seen there with a moving mouth in another item), "largest" (neither told).
+        speaker was seen there with a moving mouth in another item or an earlier call), "largest" (neither
+        told).
 
         >>> load_default_model().predict([""], audio=[None])[0]["modalities"]
         []
@@ -255,7 +266,7 @@ class DefaultModel:
         text_p = self.text_probs(texts, contexts, following)
         audio_p = (self.audio_probs(audio, sample_rate, same_speaker, speakers) if audio is not None
                    else [None] * n)
-        video_p = self._speaker_faces(frames, speakers) if frames is not None else [None] * n
+        video_p = self._speaker_faces(frames, speakers, speaker_faces) if frames is not None else [None] * n
         results = []
         for i in range(n):
             per = {"text": text_p[i], "audio": audio_p[i], "video": video_p[i]}
@@ -296,6 +307,36 @@ class DefaultModel:
                 "text": self.config.get("text_base"), "fusion": {"method": "weighted log-linear pooling",
                                                                   "weights": self.fusion_weights},
                 "dev_metrics": self.config.get("dev_metrics", {})}
+
+
+class SpeakerFaces:
+    """Where each speaker's face was seen with a moving mouth (face centres as fractions of the frame),
+    over the whole of one recording: the most recent ``keep`` sightings per speaker, so a speaker who
+    changes seat is followed.
+
+    >>> faces = SpeakerFaces()
+    >>> faces.add("Speaker 1", {"x": 0.6, "y": 0.2, "w": 0.2, "h": 0.4})
+    >>> faces.where("Speaker 1"), faces.where("Speaker 2")
+    ((0.7, 0.4), None)
+    """
+
+    def __init__(self, keep: int = 20) -> None:
+        self.keep = keep
+        self.seen: dict[str, list[tuple[float, float]]] = {}
+
+    def add(self, speaker: str, box: dict[str, float]) -> None:
+        """Record that ``speaker`` talked with the face in ``box`` ({"x", "y", "w", "h"} fractions)."""
+        centres = self.seen.setdefault(speaker, [])
+        centres.append((round(box["x"] + box["w"] / 2, 4), round(box["y"] + box["h"] / 2, 4)))
+        del centres[:-self.keep]
+
+    def where(self, speaker: str | None) -> tuple[float, float] | None:
+        """The median centre of the speaker's recent sightings, or None when never seen talking."""
+        centres = self.seen.get(speaker) if speaker is not None else None
+        if not centres:
+            return None
+        x, y = np.median(np.asarray(centres), axis=0)
+        return float(x), float(y)
 
 
 @lru_cache(maxsize=1)

@@ -50,7 +50,12 @@ _DIGEST_SKIP = {"mmva-model.json"}  # the package manifest is added by packaging
 
 @runtime_checkable
 class Predictor(Protocol):
-    """What the analyze pipeline, the server and the SageMaker container call."""
+    """What the analyze pipeline, the server and the SageMaker container call.
+
+    Optional extras the pipeline uses only where present: ``uses_following`` (give the next
+    utterances' texts as ``following=``) and ``speaker_faces()`` (a memory, one per recording, passed
+    back as ``speaker_faces=`` on every call with speakers: :class:`mmva.model.default.SpeakerFaces`).
+    """
 
     def predict(self, texts: list[str], *, contexts: list[list[str]] | None = None,
                 audio: list[np.ndarray | None] | None = None, frames: list[np.ndarray | None] | None = None,

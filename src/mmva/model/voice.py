@@ -335,9 +335,14 @@ class FeatureVoiceHead(_SingleClip):
 
     def predict_proba_batch(self, audios: list[np.ndarray | None], sample_rate: int = 16000, *,
                             same_speaker: bool = False) -> list[np.ndarray | None]:
-        feats = self.features_batch(audios, sample_rate)
+        return self.proba_from_features(self.features_batch(audios, sample_rate), same_speaker=same_speaker)
+
+    def proba_from_features(self, feats: list[np.ndarray | None], *,
+                            same_speaker: bool = False) -> list[np.ndarray | None]:
+        """:meth:`predict_proba_batch` on features from :meth:`features_batch` (None: no speech), so
+        one extraction serves several groupings of the clips (benchmarks/bench_voice_speakers.py)."""
         present = [i for i, f in enumerate(feats) if f is not None]
-        out: list[np.ndarray | None] = [None] * len(audios)
+        out: list[np.ndarray | None] = [None] * len(feats)
         if not present:
             return out
         x = np.stack([feats[i] for i in present]).astype(np.float64)
