@@ -73,8 +73,15 @@ def detect(image: np.ndarray, min_face: int = 20) -> list[tuple[tuple[int, int, 
         return []
     pnet, rnet, onet = _nets()
     with _lock, torch.no_grad():  # one set of networks for every thread
-        boxes, points = detect_face(np.ascontiguousarray(img), max(12, int(min_face)), pnet, rnet, onet,
-                                    list(THRESHOLDS), FACTOR, torch.device("cpu"))
+        # One intra-op thread: the pyramid is many small convolutions that threads do not speed up, and
+        # on a busy CPU they cost 20-30x (a 320x180 frame: 111 ms on 1 thread, 3 s on 2, benchmarks/README.md).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            boxes, points = detect_face(np.ascontiguousarray(img), max(12, int(min_face)), pnet, rnet, onet,
+                                        list(THRESHOLDS), FACTOR, torch.device("cpu"))
+        finally:
+            torch.set_num_threads(threads)
     out = []
     found = zip(np.asarray(boxes[0]).reshape(-1, 5), np.asarray(points[0]).reshape(-1, 5, 2))
     for (x1, y1, x2, y2, score), pts in found:
