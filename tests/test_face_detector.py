@@ -19,14 +19,15 @@ needs_mtcnn = pytest.mark.skipif(not mtcnn.available(), reason="facenet-pytorch 
 
 
 def _tilted_frames(n: int = 3, degrees: float = 40.0) -> np.ndarray:
-    """The astronaut's face (120 px) tilted by ``degrees`` in a 640x360 grey-blue scene, drifting."""
-    face = face_photo(120)
-    m = cv2.getRotationMatrix2D((60, 60), degrees, 1.0)
-    face = cv2.warpAffine(face, m, (120, 120), borderMode=cv2.BORDER_REFLECT)
+    """The astronaut's head (a 200 px photo, the face about 90 px of it) tilted by ``degrees`` in a
+    640x360 grey-blue scene, drifting right by 4 px a frame."""
+    face = face_photo(200)
+    m = cv2.getRotationMatrix2D((100, 100), degrees, 1.0)
+    face = cv2.warpAffine(face, m, (200, 200), borderMode=cv2.BORDER_REFLECT)
     frames = np.zeros((n, 360, 640, 3), np.uint8)
     frames[...] = (70, 80, 100)
     for i in range(n):
-        frames[i, 100:220, 380 + 4 * i:500 + 4 * i] = face
+        frames[i, 80:280, 360 + 4 * i:560 + 4 * i] = face
     return frames
 
 
@@ -53,15 +54,18 @@ def test_auto_is_mtcnn_when_installed() -> None:
 
 @needs_mtcnn
 def test_mtcnn_finds_a_tilted_face_in_video_that_haar_misses(tmp_path) -> None:
-    from mmva.io.clip import decode_clip
+    from mmva.analyze.pipeline import AnalyzeOptions
+    from mmva.io.media import iter_frames
 
     path = write_video(tmp_path / "tilted.mp4", _tilted_frames(4), fps=2.0)
-    frames = decode_clip(str(path), num_frames=4, max_side=640).frames
+    opts = AnalyzeOptions()  # decoded as `mmva analyze` decodes: 320x180 here
+    frames = np.stack([f for _, f in iter_frames(str(path), fps=opts.fps, max_side=opts.max_side)])
+    assert frames.shape[1:] == (180, 320, 3)
     assert detect_and_classify(frames, detector="haar") is None
     result = detect_and_classify(frames, detector="mtcnn")
     assert result is not None and result.n_frames_with_face == len(frames)
-    for x, y, w, h in result.boxes:  # on the face: its centre near (440 + drift, 160)
-        assert abs(x + w / 2 - 446) < 30 and abs(y + h / 2 - 160) < 30 and 70 < w < 170
+    for x, y, w, h in result.boxes:  # on the face: its centre near (230 + drift, 90), about 45 px across
+        assert abs(x + w / 2 - 233) < 15 and abs(y + h / 2 - 90) < 15 and 25 < w < 70
 
 
 @needs_mtcnn
