@@ -17,6 +17,7 @@ with its own crop framing), plus the detector's hit rate on JAFFE and on mmva's 
 
     python benchmarks/bench_heads.py face --ferplus $MMVA_DATA/faces/ferplus.npz --jaffe $MMVA_DATA/faces/jaffe.npz
     python benchmarks/bench_heads.py face-detect --jaffe $MMVA_DATA/faces/jaffe.npz   # detection only
+    python benchmarks/bench_heads.py face-variants --ferplus ... --jaffe ...   # why JAFFE transfers worse
 
 Detection (the "detection" block): Haar, MTCNN (the optional mmva[faces] extra) and MTCNN with a Haar
 fallback on JAFFE, the sample video's face frames and generated frames (face_frames.py: real faces
@@ -242,6 +243,10 @@ def main() -> None:
     f.add_argument("--jaffe", required=True)
     fd = sub.add_parser("face-detect", help="only the detection part of face_heads.json (rerun in place)")
     fd.add_argument("--jaffe", required=True)
+    fv = sub.add_parser("face-variants", help="JAFFE transfer: crop/inference variants (face_variants.py)")
+    fv.add_argument("--ferplus", required=True)
+    fv.add_argument("--jaffe", required=True)
+    fv.add_argument("--n", type=int, default=1000, help="FER+ valid and test faces (random subsets)")
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args()
     name = "voice_heads.json" if args.what == "voice" else "face_heads.json"
@@ -249,6 +254,11 @@ def main() -> None:
         res = json.loads(Path(args.out, name).read_text())
         res["detection"] = bench_detection(args.jaffe)
         res["detection"]["machine"] = machine_info()
+    elif args.what == "face-variants":
+        from face_variants import bench_face_variants
+
+        res = json.loads(Path(args.out, name).read_text())
+        res["jaffe_variants"] = bench_face_variants(args.ferplus, args.jaffe, args.n)
     else:
         res = bench_voice(args) if args.what == "voice" else bench_face(args)
     Path(args.out, name).write_text(json.dumps(res, indent=1))
