@@ -13,8 +13,9 @@ Boxes come back in the Haar cascade's framing (a square about 95 % of a FER2013 
 both detectors.
 
 >>> from skimage.data import astronaut
->>> [len(f) for f in detect(astronaut())] if available() else [1]   # one face, as (box, score, points)
-[1]
+>>> faces = detect(astronaut()) if available() else [((174, 65, 100, 100), 1.0, None)]
+>>> len(faces), faces[0][0]   # one face: (x, y, w, h) in Haar framing, score, five points
+(1, (174, 65, 100, 100))
 """
 
 from __future__ import annotations
