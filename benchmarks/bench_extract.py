@@ -126,10 +126,10 @@ def bench_face() -> dict:
     frame = np.full((144, 256, 3), 90, np.uint8)  # a 640x360 frame decoded at 256 px
     frame[16:128, 70:182] = face_photo(112)
     grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-    detect_faces(grey, DetectorConfig())
+    detect_faces(grey, DetectorConfig(backend="haar"))
     t0 = time.perf_counter()
     for _ in range(50):
-        boxes = detect_faces(grey, DetectorConfig())
+        boxes = detect_faces(grey, DetectorConfig(backend="haar"))
     detect_ms = (time.perf_counter() - t0) / 50 * 1000
     net, _ = load_mini_xception()
     crops = normalise_crops(np.zeros((8, 64, 64), np.uint8))

@@ -16,6 +16,12 @@ test (the given crops) and on JAFFE (never trained on; faces found by the Haar d
 with its own crop framing), plus the detector's hit rate on JAFFE and on mmva's talking-head sample.
 
     python benchmarks/bench_heads.py face --ferplus $MMVA_DATA/faces/ferplus.npz --jaffe $MMVA_DATA/faces/jaffe.npz
+    python benchmarks/bench_heads.py face-detect --jaffe $MMVA_DATA/faces/jaffe.npz   # detection only
+    python benchmarks/bench_heads.py face-variants --ferplus ... --jaffe ...   # why JAFFE transfers worse
+
+Detection (the "detection" block): Haar, MTCNN (the optional mmva[faces] extra) and MTCNN with a Haar
+fallback on JAFFE, the sample video's face frames and generated frames (face_frames.py: real faces
+turned, tilted and small in 1280x720 scenes, at full size and as `mmva analyze` decodes them).
 """
 
 from __future__ import annotations
@@ -135,8 +141,7 @@ def _scores(probs: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def bench_face(args: argparse.Namespace) -> dict:
-    from mmva.encoders.face import FaceHead, crop_face, default_weights_path, detect_faces
-    from mmva.io.media import iter_frames
+    from mmva.encoders.face import DetectorConfig, FaceHead, crop_face, default_weights_path, detect_faces
     from mmva.labels import EMOTIONS
     from mmva.train.face_train import ferplus_meld_labels, ferplus_majority
 
@@ -147,9 +152,8 @@ def bench_face(args: argparse.Namespace) -> dict:
     j = np.load(args.jaffe, allow_pickle=False)
     jl = np.array([EMOTIONS.index(str(e)) for e in j["emotion"]])
     out: dict = {"machine": machine_info(), "ferplus_test": {}, "jaffe": {}}
-    boxes = [detect_faces(im) for im in j["images"]]
+    boxes = [detect_faces(im, DetectorConfig(backend="haar")) for im in j["images"]]
     found = np.array([bool(b) for b in boxes])
-    out["detection"] = {"jaffe": {"found": int(found.sum()), "total": int(len(found))}}
     for kind in ("fer-mini-xception", "mmva"):
         head = FaceHead(None if kind == "mmva" else default_weights_path())
         out["ferplus_test"][kind] = _scores(_fer_meld(kind, images), labels)
@@ -158,14 +162,70 @@ def bench_face(args: argparse.Namespace) -> dict:
         probs = np.concatenate([head.classify(crops[s: s + 64])[0].numpy() for s in range(0, len(crops), 64)])
         out["jaffe"][kind] = _scores(probs, jl[found])
         out["jaffe"][kind]["note"] = "faces the detector missed are left out (see detection)"
-    sample = Path(__file__).parents[1] / "src" / "mmva" / "assets" / "sample" / "mmva-sample.mp4"
-    hits = total = 0
+    out["detection"] = bench_detection(args.jaffe)
+    return out
+
+
+def _detect_timed(detect, images: list[np.ndarray]) -> tuple[list[list[tuple[int, int, int, int]]], float]:
+    """Boxes per image and the median milliseconds per image."""
+    boxes, times = [], []
+    for im in images:
+        t = time.perf_counter()
+        boxes.append(detect(im))
+        times.append(time.perf_counter() - t)
+    return boxes, round(1000 * float(np.median(times)), 1)
+
+
+def bench_detection(jaffe: str) -> dict:
+    """Found / frames with a face and median ms per frame for Haar, MTCNN and MTCNN with a Haar fallback
+    on JAFFE, the sample video and the generated frames of face_frames.py (turned, tilted, small)."""
     import cv2
 
-    for _, frame in iter_frames(str(sample), fps=5.0, max_side=640):
-        total += 1
-        hits += bool(detect_faces(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)))
-    out["detection"]["talking_head_sample"] = {"found": hits, "total": total}
+    from face_frames import CONDITIONS, hit, make_frames
+    from mmva.encoders import mtcnn
+    from mmva.encoders.face import DetectorConfig, detect_faces
+    from mmva.io.media import iter_frames
+
+    detectors = {"haar": DetectorConfig(backend="haar")}
+    if mtcnn.available():
+        detectors["mtcnn"] = DetectorConfig(backend="mtcnn")
+        detectors["mtcnn+haar"] = DetectorConfig(backend="mtcnn", haar_fallback=True)
+        detect_faces(np.zeros((64, 64, 3), np.uint8), detectors["mtcnn"])  # load the networks first
+    j = np.load(jaffe, allow_pickle=False)
+    jaffe_rgb = [np.repeat(im[..., None], 3, axis=2) for im in j["images"]]
+    sample = Path(__file__).parents[1] / "src" / "mmva" / "assets" / "sample" / "mmva-sample.mp4"
+    video = [f for _, f in iter_frames(str(sample), fps=5.0, max_side=640)]
+    # The sample cuts between the face photo and plain slides; a slide's left strip is flat.
+    has_face = np.array([f[:, : f.shape[1] // 8, 1].std() > 10 for f in video])
+    frames = make_frames(jaffe)
+    small = [cv2.resize(f.image, (320, 180), interpolation=cv2.INTER_AREA) for f in frames]
+    out: dict = {"conditions": [c[0] for c in CONDITIONS], "generated_frames": len(frames),
+                 "generated_sources": sorted({f.source for f in frames}),
+                 "note": "ms: median per frame on the benchmark machine; 'analyze' = the frame as `mmva analyze` "
+                         "decodes it by default (longer side 320)", "detectors": {}}
+    for name, cfg in detectors.items():
+        det = lambda im: detect_faces(im, cfg)  # noqa: E731
+        row: dict = {}
+        boxes, ms = _detect_timed(det, jaffe_rgb)
+        row["jaffe"] = {"found": sum(bool(b) for b in boxes), "total": len(boxes), "ms": ms}
+        boxes, ms = _detect_timed(det, video)
+        row["talking_head_sample"] = {"found": int(sum(bool(b) for b, f in zip(boxes, has_face) if f)),
+                                      "total": int(has_face.sum()), "false_on_slides":
+                                      int(sum(bool(b) for b, f in zip(boxes, has_face) if not f)), "ms": ms}
+        for size, images, scale in (("1280x720", [f.image for f in frames], 1.0), ("analyze", small, 0.25)):
+            boxes, ms = _detect_timed(det, images)
+            per: dict = {}
+            for f, b in zip(frames, boxes):
+                c = per.setdefault(f.condition, {"found": 0, "total": 0, "other_boxes": 0})
+                found = hit(b, f.truth, scale)
+                c["found"] += int(found)
+                c["total"] += 1
+                c["other_boxes"] += len(b) - int(found)
+            row[f"generated_{size}"] = {"found": sum(c["found"] for c in per.values()), "total": len(frames),
+                                        "other_boxes": sum(c["other_boxes"] for c in per.values()),
+                                        "ms": ms, "per_condition": per}
+        out["detectors"][name] = row
+        print(name, {k: (v["found"], v["total"], v["ms"]) for k, v in row.items()}, flush=True)
     return out
 
 
@@ -181,10 +241,30 @@ def main() -> None:
     f = sub.add_parser("face")
     f.add_argument("--ferplus", required=True)
     f.add_argument("--jaffe", required=True)
+    fd = sub.add_parser("face-detect", help="only the detection part of face_heads.json (rerun in place)")
+    fd.add_argument("--jaffe", required=True)
+    fv = sub.add_parser("face-variants", help="JAFFE transfer: crop/inference variants (face_variants.py)")
+    fv.add_argument("--ferplus", required=True)
+    fv.add_argument("--jaffe", required=True)
+    fv.add_argument("--n", type=int, default=1000, help="FER+ valid and test faces (random subsets)")
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args()
-    res = bench_voice(args) if args.what == "voice" else bench_face(args)
     name = "voice_heads.json" if args.what == "voice" else "face_heads.json"
+    if args.what == "face-detect":
+        res = json.loads(Path(args.out, name).read_text())
+        machine = machine_info()  # the load before the run
+        res["detection"] = bench_detection(args.jaffe)
+        res["detection"]["machine"] = machine
+    elif args.what == "face-variants":
+        from face_variants import bench_face_variants
+
+        res = json.loads(Path(args.out, name).read_text())
+        res["jaffe_variants"] = bench_face_variants(args.ferplus, args.jaffe, args.n)
+        from face_variants import bench_prior_power
+
+        res["jaffe_variants"]["prior_power"] = bench_prior_power(args.ferplus, args.jaffe)
+    else:
+        res = bench_voice(args) if args.what == "voice" else bench_face(args)
     Path(args.out, name).write_text(json.dumps(res, indent=1))
     print(f"wrote {Path(args.out, name)}")
 

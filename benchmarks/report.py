@@ -414,10 +414,62 @@ def section_face_heads(fh: dict | None) -> str:
             "network with its own crop framing), x100 (information gain: share of the label entropy removed):", "",
             table(["network", "FER+ acc.", "FER+ UAR", "FER+ ECE", "JAFFE acc.", "JAFFE UAR", "JAFFE ECE",
                    "FER+ info. gain", "JAFFE info. gain"], rows), "",
-            f"Haar detection rate: JAFFE {det['jaffe']['found']}/{det['jaffe']['total']}; mmva's talking-head sample "
-            f"{det['talking_head_sample']['found']}/{det['talking_head_sample']['total']} frames (5 fps).", "",
+            *_face_variants(fh.get("jaffe_variants")), *_face_detection(det),
             machine_line("face_heads", fh), ""]
     return "\n".join(out)
+
+
+def _face_variants(var: dict | None) -> list[str]:
+    """JAFFE transfer: the shipped network with other crops / inference, FER+ valid beside (where it is chosen)."""
+    if not var:
+        return []
+    rows = [[name, *(round(100 * v[part][m], 1) for part in ("ferplus_valid", "ferplus_test", "jaffe")
+                     for m in ("acc", "uar")), " ".join(f"{k[:3]} {round(100 * r)}" for k, r in v["jaffe"]["recall"].items())]
+            for name, v in var["variants"].items()]
+    return [f"Why JAFFE transfers worse, crop and inference variants of the same network (FER+ valid: "
+            f"{var['n_valid']} faces and FER+ test: {var['n_test']} faces, random subsets, each face through the same "
+            "variant; JAFFE: all 213), x100:", "",
+            table(["variant", "FER+ valid acc.", "valid UAR", "FER+ test acc.", "test UAR", "JAFFE acc.", "JAFFE UAR",
+                   "JAFFE recall"], rows), "", *_prior_power(var.get("prior_power"))]
+
+
+def _prior_power(pp: dict | None) -> list[str]:
+    if not pp:
+        return []
+    a = pp["chosen_alpha"]
+    base, new = pp["alpha=0.0"], pp[f"alpha={a}"]
+    fmt = lambda s: f"{round(100 * s['acc'], 1)} % (UAR {round(100 * s['uar'], 1)})"  # noqa: E731
+    return [f"Prior divided out to the power α, α chosen on FER+ valid alone ({pp['n_valid']:,} faces: the largest "
+            f"α within 0.1 point of the shipped valid accuracy) = {a}: FER+ test ({pp['n_test']:,}) "
+            f"{fmt(base['ferplus_test'])} → {fmt(new['ferplus_test'])}; JAFFE {fmt(base['jaffe'])} → "
+            f"{fmt(new['jaffe'])}.", ""]
+
+
+def _face_detection(det: dict) -> list[str]:
+    """Detection rate (faces found / frames with a face) and median time per frame, per detector."""
+    if "detectors" not in det:  # results written before the detector comparison
+        return [f"Haar detection rate: JAFFE {det['jaffe']['found']}/{det['jaffe']['total']}; mmva's talking-head "
+                f"sample {det['talking_head_sample']['found']}/{det['talking_head_sample']['total']} frames.", ""]
+    rows, conds = [], []
+    for name, d in det["detectors"].items():
+        s, g, a = d["talking_head_sample"], d["generated_1280x720"], d["generated_analyze"]
+        rows.append([name, f"{d['jaffe']['found']}/{d['jaffe']['total']}", d["jaffe"]["ms"],
+                     f"{s['found']}/{s['total']}", s["false_on_slides"], s["ms"],
+                     f"{g['found']}/{g['total']}", g["other_boxes"], g["ms"], f"{a['found']}/{a['total']}", a["ms"]])
+    for c in det["conditions"]:
+        conds.append([c, *(f"{d[k]['per_condition'][c]['found']}/{d[k]['per_condition'][c]['total']}"
+                           for d in det["detectors"].values() for k in ("generated_1280x720", "generated_analyze"))])
+    heads = [f"{n} {k}" for n in det["detectors"] for k in ("1280x720", "analyze 320")]
+    return ["Face detection: faces found / frames with a face, and median ms a frame. JAFFE (256x256 grey); "
+            "mmva's talking-head sample (256x256, 5 fps; slides: frames without a face where a box was given); "
+            f"{det['generated_frames']} generated frames (benchmarks/face_frames.py: {len(det['generated_sources'])} real "
+            "faces, the astronaut and one neutral JAFFE image per subject, turned, tilted and small in 1280x720 scenes), "
+            "given whole and as `mmva analyze` decodes them (longer side 320); other = boxes that are not the face:", "",
+            table(["detector", "JAFFE", "ms", "sample", "on slides", "ms", "generated 1280x720", "other",
+                   "ms", "generated at 320", "ms"], rows), "",
+            table(["condition", *heads], conds), "",
+            *([machine_line("face_heads", det) + " (the detection run; its load average was read as it ended)"]
+              if det.get("machine") else []), ""]
 
 
 SECTIONS: list[tuple[tuple[str, ...], Callable[..., str]]] = [

@@ -83,6 +83,9 @@ def analyze_cmd(
     max_speakers: Optional[int] = typer.Option(None, "--max-speakers", min=1, help="At most this many speakers."),
     diarize: bool = typer.Option(True, "--diarize/--no-diarize",
                                  help="Name the speakers (Speaker 1, 2, ...) from their voices."),
+    face_detector: Optional[str] = typer.Option(
+        None, "--face-detector", help="auto (MTCNN when facenet-pytorch is installed, else Haar), mtcnn or haar; "
+                                      "for the default model."),
     embed_video: bool = typer.Option(False, "--embed-video",
                                      help="With -f html: write a small playable copy of the media "
                                           "(NAME.mmva.mp4) beside the report for its player."),
@@ -100,7 +103,7 @@ def analyze_cmd(
         raise typer.BadParameter("the copy is for the HTML report's player: add html to -f", param_hint="--embed-video")
     who = _speaker_options(speakers, min_speakers, max_speakers, diarize)
     with _errors_only(quiet):
-        predictor = _load_model(pick_model(model, text_model), device)
+        predictor = _load_model(pick_model(model, text_model), device, face_detector)
         _analyze_files(list(paths or []), subtitles, formats, out, quiet, sample, regenerate,
                        {"asr_model": asr_model, "device": device, "top_k": top_k, "model": predictor, **who},
                        embed_video)
@@ -127,18 +130,22 @@ def _speaker_options(speakers: int | None, min_speakers: int | None, max_speaker
     return {**who, "diarize": diarize}
 
 
-def _load_model(model: str | None, device: str) -> Any:
-    """The predictor named by --model (None: the shipped model, loaded by the pipeline)."""
-    if model is None:
+def _load_model(model: str | None, device: str, face_detector: str | None = None) -> Any:
+    """The predictor named by --model (None: the shipped model, loaded by the pipeline) and
+    --face-detector (an unknown detector, or MTCNN not installed: exit 2 saying so)."""
+    if model is None and face_detector is None:
         return None
     from rich.text import Text
 
     from mmva.analyze.asr import resolve_device
+    from mmva.encoders.face import resolve_detector
     from mmva.model.predictor import load_predictor
 
     try:
-        return load_predictor(model, resolve_device(device))
-    except (OSError, ValueError) as exc:  # a missing file, not a checkpoint, a bad archive: named
+        if face_detector is not None:
+            resolve_detector(face_detector)  # before loading any model
+        return load_predictor(model, resolve_device(device), face_detector=face_detector)
+    except (OSError, ValueError, ImportError) as exc:  # a missing file, not a checkpoint, a bad archive: named
         console.print(Text.assemble(("error: ", "red"), str(exc)), soft_wrap=True)
         raise typer.Exit(2) from None
 

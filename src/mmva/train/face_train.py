@@ -72,8 +72,9 @@ def load_ferplus(path: str) -> dict[str, dict[str, np.ndarray]]:
 
 
 def jaffe_crops(path: str) -> dict[str, Any]:
-    """JAFFE faces found and cropped as `mmva analyze` does (Haar detector, the head's framing)."""
-    from mmva.encoders.face import crop_face, detect_faces
+    """JAFFE faces found and cropped as `mmva analyze` does (its default detector: MTCNN when
+    facenet-pytorch is installed, else Haar; the head's framing)."""
+    from mmva.encoders.face import crop_face, detect_faces, resolve_detector
 
     d = np.load(path, allow_pickle=False)
     crops, labels, found = [], [], 0
@@ -84,7 +85,8 @@ def jaffe_crops(path: str) -> dict[str, Any]:
         found += 1
         crops.append(crop_face(img, boxes[0], margin=CROP_MARGIN, size=INPUT_SIZE))
         labels.append(EMOTIONS.index(str(emo)))
-    return {"images": np.stack(crops), "labels": np.array(labels), "detected": found, "total": len(d["images"])}
+    return {"images": np.stack(crops), "labels": np.array(labels), "detected": found, "total": len(d["images"]),
+            "detector": resolve_detector("auto")}
 
 
 # -- augmentation ----------------------------------------------------------------------------------
@@ -293,6 +295,7 @@ def evaluate_face(best: Path, data: dict[str, Any], jaffe: str | None) -> dict[s
         jf = jaffe_crops(jaffe)
         report["jaffe"] = meld_scores(predict_logits(net, jf["images"]), temperature, jf["labels"])
         report["jaffe"]["detected"] = f"{jf['detected']}/{jf['total']}"
+        report["jaffe"]["detector"] = jf["detector"]
     report["labels"] = list(FERPLUS_LABELS)
     return report
 
