@@ -310,8 +310,9 @@ def main() -> None:
     trees = {"mmva": SRC}
     if args.baseline_src:
         trees = {args.baseline_name: Path(args.baseline_src).resolve(), "mmva": SRC}
-    res: dict[str, Any] = {"machine": machine_info("cpu"), "command": "python benchmarks/bench_speed.py "
-                           + " ".join(a for a in sys.argv[1:] if not a.startswith("/")),
+    shown = [a if not a.startswith("/") else ("BASE/src" if a == args.baseline_src else "WORK")
+             for a in sys.argv[1:]]  # no machine paths in the results
+    res: dict[str, Any] = {"machine": machine_info("cpu"), "command": " ".join(["python benchmarks/bench_speed.py", *shown]),
                            "trees": list(trees), "runs": args.runs, "lengths": {}}
     inputs = {int(x): make_input(work, int(x)) for x in args.lengths.split(",")}
     first = inputs[min(inputs)]["path"]

@@ -73,10 +73,14 @@ class _Stages:
         self.timings: dict[str, float] = {}
         self.done = 0.0  # reported fractions never go back (overlapping subtitle cues could)
 
-    def run(self, stage: str, fraction: float, fn: Callable[[], Any]) -> Any:
+    def announce(self, stage: str, fraction: float) -> None:
+        """Tell the progress callback that ``stage`` starts (timed elsewhere, e.g. in a thread)."""
         if self.progress is not None:
             self.done = max(self.done, min(1.0, fraction))
             self.progress(stage, self.done)
+
+    def run(self, stage: str, fraction: float, fn: Callable[[], Any]) -> Any:
+        self.announce(stage, fraction)
         t0 = time.perf_counter()
         try:
             return fn()
@@ -195,9 +199,10 @@ class _Models:
     calls made on a short tone), after the file was probed: a file that cannot be read fails before
     any model is loaded.
 
-    They load before the ASR model: with CTranslate2 (and its OpenMP runtime) set up first, torch's
-    convolutions and LSTM ran several times slower for the rest of the process (a 60 s analysis:
-    54 s of CPU instead of 26 s, measured on 2 cores; benchmarks/README.md, issue 15).
+    They load before the ASR model, as before issue 15: with the CTranslate2 model loaded first (and
+    in every variant that loaded torch models in a thread while the ASR ran), torch's convolutions
+    and LSTM ran several times slower for the rest of the process (a cold 60 s analysis: 55 s of CPU
+    instead of 26 s on 2 cores; the cause, likely two OpenMP runtimes, was not traced further).
     """
 
     def __init__(self, model: Any, device: str, opts: AnalyzeOptions, has_audio: bool, problems: list[str],
@@ -313,6 +318,7 @@ def _analyze_media(path: str, subtitles: str | None, asr_model: str | None, devi
         frames: Any = [None] * len(utts)
         if info.has_video and not own_media:
             # Decoded in a thread while the text and voice heads run; the face head waits for them.
+            stages.announce("frames", frac)
             frames = _FramesLater(_in_background(
                 lambda: _collect_frames(path, utts, opts, timeline.problems, stages), "mmva-frames"), len(utts), stages)
         audio = ([_slice(chunk, t0, u) for u in utts] if chunk is not None and not own_media
