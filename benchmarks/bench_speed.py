@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -171,24 +172,26 @@ def measure(cmd: list[str], env: dict[str, str]) -> dict:
     """One child process timed like ``/usr/bin/time -v``: wall, CPU (user + sys), peak RSS.
 
     GNU time runs the command when present (its own tiny footprint leaves ``ru_maxrss`` the
-    child's); else ``os.wait4`` on the child."""
-    t0 = time.perf_counter()
+    child's); else the children's resource usage (peak RSS: the largest child so far)."""
     gnu = Path("/usr/bin/time")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
     with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
         full = [str(gnu), "-f", "%e %U %S %M", "-o", tf.name, *cmd] if gnu.exists() else cmd
-        proc = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-        out, err = proc.communicate()
-        _, status, ru = os.wait4(proc.pid, os.WNOHANG) if proc.returncode is None else (0, 0, None)
+        proc = subprocess.run(full, capture_output=True, env=env)
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {err.decode(errors='replace')[-2000:]}")
+            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): "
+                               f"{proc.stderr.decode(errors='replace')[-2000:]}")
         if gnu.exists():
-            e, u, s_, m = Path(tf.name).read_text().split()[-4:]
+            _, u, s_, m = Path(tf.name).read_text().split()[-4:]
             cpu, rss = float(u) + float(s_), int(m) / 1024
         else:  # pragma: no cover - no GNU time
-            cpu, rss = ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+            rss = after.ru_maxrss / 1024
     return {"wall_s": round(wall, 3), "cpu_s": round(cpu, 2), "peak_rss_mb": round(rss, 1),
-            "stdout": out.decode(errors="replace")}
+            "stdout": proc.stdout.decode(errors="replace")}
 
 
 def analyze_cmd(inputs: list[str], out_dir: Path) -> list[str]:
