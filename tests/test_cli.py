@@ -129,3 +129,21 @@ def test_any_text_prints_verbatim_and_writes_safely(source, text, problem):
     tag = "<" + text.split("<", 1)[1] if "<" in text else ""
     if tag[1:2].isalpha():
         assert tag not in html  # escaped: never a tag in the report
+
+
+def test_unreadable_file_fails_at_once_naming_it_without_loading_models(tmp_path):
+    # A cold `mmva analyze` probes the file before loading anything: a bad file is reported by name
+    # and no model library (torch, transformers, librosa) was ever imported (issue 15).
+    import subprocess
+    import sys
+
+    bad = random_bytes_file(tmp_path / "broken.mp4")
+    code = ("import sys\nfrom mmva.cli import app\nsys.argv = ['mmva', 'analyze', sys.argv[1], '-q', '-o', sys.argv[2]]\n"
+            "try:\n    app()\nexcept SystemExit as e:\n    code = e.code\n"
+            "print('HEAVY', [m for m in ('torch', 'transformers', 'librosa', 'fastapi', 'boto3') if m in sys.modules])\n"
+            "sys.exit(code)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(bad), str(tmp_path / "out")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1
+    assert "broken.mp4" in proc.stderr and "not a readable media file" in proc.stderr
+    assert "HEAVY []" in proc.stdout

@@ -113,3 +113,19 @@ def test_bad_subtitle_and_transcript_files_name_the_file(tmp_path):
     text.write_text("\ufeffI won the lottery!\n\n   \nMy dog died.\n")
     assert [(u.text, u.extra["line"]) for u in read_transcript(str(text))] == [
         ("I won the lottery!", 1), ("My dog died.", 4)]
+
+
+def test_transcription_with_known_voice_activity_gives_the_same_words():
+    # The pipeline hands the VAD it already ran to the ASR instead of running it twice: the words
+    # (text and timestamps) must be exactly those of faster-whisper's own VAD filter.
+    from mmva.analyze.asr import load_asr, speech_stamps, stamps_to_seconds, transcribe_words
+
+    audio = np.concatenate([silence(0.7), speak("I am very happy today"), silence(1.2),
+                            speak("please open the window")]).astype(np.float32)
+    stamps = speech_stamps(audio)
+    regions = stamps_to_seconds(stamps)
+    assert regions == speech_regions(audio)
+    asr = load_asr()
+    once = transcribe_words(asr, audio, regions, stamps=stamps)
+    twice = transcribe_words(asr, audio, regions)
+    assert [w.text for w in once] and once == twice

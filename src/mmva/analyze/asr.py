@@ -59,12 +59,27 @@ def resolve_device(device: str = "auto") -> str:
         return "cpu"
 
 
-@lru_cache(maxsize=4)
+_LOAD_LOCK = threading.Lock()
+
+
+def asr_threads() -> int:
+    """CPU threads of the ASR model: ``MMVA_ASR_THREADS``, else the cores (at most 4). The thread
+    count does not change CTranslate2's int8 results (the same transcript and states either way)."""
+    return int(os.environ.get("MMVA_ASR_THREADS", "0")) or min(4, os.cpu_count() or 1)
+
+
 def load_asr(name: str | None = None, device: str = "cpu") -> Any:
-    """Load (once per name and device) a faster-whisper model.
+    """Load (once per name and device, also when threads ask at once) a faster-whisper model.
 
     >>> model = load_asr()  # doctest: +SKIP
     """
+    with _LOAD_LOCK:
+        return _load_asr(name, device)
+
+
+
+@lru_cache(maxsize=4)
+def _load_asr(name: str | None, device: str) -> Any:
     from faster_whisper import WhisperModel
 
     # faster-whisper logs every call at INFO ("Processing audio with duration ..."): noise under mmva's
@@ -78,7 +93,7 @@ def load_asr(name: str | None = None, device: str = "cpu") -> Any:
             raise ASRModelNotFound(f"ASR model folder {path} does not exist")
     device = resolve_device(device)
     compute = "int8" if device == "cpu" else "float16"
-    threads = int(os.environ.get("MMVA_ASR_THREADS", "0")) or min(4, os.cpu_count() or 1)
+    threads = asr_threads()
     try:
         model = WhisperModel(path, device=device, compute_type=compute, cpu_threads=threads)
     except Exception as exc:
@@ -92,6 +107,32 @@ def asr_name(model: Any) -> str:
     return getattr(model, "_mmva_name", "whisper")
 
 
+def _fw_vad(vad: VadOptions) -> Any:
+    from faster_whisper.vad import VadOptions as FwVad
+
+    return FwVad(threshold=vad.threshold, min_silence_duration_ms=vad.min_silence_ms,
+                 speech_pad_ms=vad.speech_pad_ms, min_speech_duration_ms=vad.min_speech_ms)
+
+
+def speech_stamps(audio: np.ndarray, vad: VadOptions = VadOptions(),
+                  sample_rate: int = SAMPLE_RATE) -> list[dict[str, int]]:
+    """Voice activity as faster-whisper's VAD gives it: ``[{"start": sample, "end": sample}]``.
+
+    >>> speech_stamps(np.zeros(16000, dtype=np.float32))
+    []
+    """
+    from faster_whisper.vad import get_speech_timestamps
+
+    if audio.size < sample_rate // 10:
+        return []
+    return get_speech_timestamps(np.asarray(audio, dtype=np.float32), _fw_vad(vad), sampling_rate=sample_rate)
+
+
+def stamps_to_seconds(stamps: list[dict[str, int]], sample_rate: int = SAMPLE_RATE) -> list[tuple[float, float]]:
+    """``[(start, end)]`` in seconds from :func:`speech_stamps`."""
+    return [(d["start"] / sample_rate, d["end"] / sample_rate) for d in stamps]
+
+
 def speech_regions(audio: np.ndarray, vad: VadOptions = VadOptions(),
                    sample_rate: int = SAMPLE_RATE) -> list[tuple[float, float]]:
     """Voice-activity regions ``[(start, end)]`` in seconds (Silero VAD from faster-whisper).
@@ -99,23 +140,19 @@ def speech_regions(audio: np.ndarray, vad: VadOptions = VadOptions(),
     >>> speech_regions(np.zeros(16000, dtype=np.float32))
     []
     """
-    from faster_whisper.vad import VadOptions as FwVad
-    from faster_whisper.vad import get_speech_timestamps
-
-    if audio.size < sample_rate // 10:
-        return []
-    opts = FwVad(threshold=vad.threshold, min_silence_duration_ms=vad.min_silence_ms,
-                 speech_pad_ms=vad.speech_pad_ms, min_speech_duration_ms=vad.min_speech_ms)
-    stamps = get_speech_timestamps(np.asarray(audio, dtype=np.float32), opts, sampling_rate=sample_rate)
-    return [(d["start"] / sample_rate, d["end"] / sample_rate) for d in stamps]
+    return stamps_to_seconds(speech_stamps(audio, vad, sample_rate), sample_rate)
 
 
 def transcribe_words(model: Any, audio: np.ndarray, regions: list[tuple[float, float]] | None = None,
-                     language: str | None = None, vad: VadOptions = VadOptions()) -> list[Word]:
+                     language: str | None = None, vad: VadOptions = VadOptions(),
+                     stamps: list[dict[str, int]] | None = None) -> list[Word]:
     """Words with timestamps (seconds from the start of ``audio``), or [] for silence.
 
     ``regions`` (from :func:`speech_regions`) skips the ASR entirely when nothing was heard; the
     transcription itself runs with faster-whisper's own VAD filter using the same settings.
+    ``stamps``: that VAD's result on this very ``audio`` (:func:`speech_stamps`) when the caller has
+    it: the speech is then cut and the timestamps restored with faster-whisper's own functions, as
+    its VAD filter does, without running the VAD a second time.
     """
     if regions is not None and not regions:
         return []
@@ -123,11 +160,24 @@ def transcribe_words(model: Any, audio: np.ndarray, regions: list[tuple[float, f
         language = "en"
     params = {"threshold": vad.threshold, "min_silence_duration_ms": vad.min_silence_ms,
               "speech_pad_ms": vad.speech_pad_ms, "min_speech_duration_ms": vad.min_speech_ms}
+    audio = np.asarray(audio, dtype=np.float32)
+    if stamps is not None and not stamps:
+        return []
     lock = getattr(model, "_mmva_lock", None) or threading.Lock()
     with lock:
-        segments, _info = model.transcribe(
-            np.asarray(audio, dtype=np.float32), language=language, word_timestamps=True,
-            vad_filter=True, vad_parameters=params, beam_size=1, condition_on_previous_text=False)
+        if stamps is None:
+            segments, _info = model.transcribe(
+                audio, language=language, word_timestamps=True,
+                vad_filter=True, vad_parameters=params, beam_size=1, condition_on_previous_text=False)
+        else:
+            from faster_whisper.transcribe import restore_speech_timestamps
+            from faster_whisper.vad import collect_chunks
+
+            chunks, _meta = collect_chunks(audio, stamps)
+            segments, _info = model.transcribe(
+                np.concatenate(chunks, axis=0), language=language, word_timestamps=True,
+                vad_filter=False, beam_size=1, condition_on_previous_text=False)
+            segments = restore_speech_timestamps(segments, stamps, SAMPLE_RATE)
         words = [Word(float(w.start), float(w.end), w.word, float(w.probability))
                  for seg in segments for w in (seg.words or [])]
     return words

@@ -10,6 +10,12 @@ The flow (pyannote's "Pipeline": I/O, segmentation, batching and a progress hook
 3. the predictor (:mod:`mmva.model.predictor`: the default model, text + voice + face, or a
    ``mmva train`` checkpoint) predicts each batch of utterances; absent modalities are reported as
    absent, never guessed. A checkpoint decodes each utterance's span itself, exactly as in training.
+
+Cold-start order (issue 15): the file is probed first (an unreadable file fails before anything
+loads), then the speaker encoder, the predictor and the ASR load, each warmed up once; the voice
+activity found for a window is handed to the ASR (not computed twice); a window's frames are decoded
+in a thread while the text and voice heads run. Each step computes what it computed before, so the
+output is the same.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import math
 import os
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -66,10 +73,14 @@ class _Stages:
         self.timings: dict[str, float] = {}
         self.done = 0.0  # reported fractions never go back (overlapping subtitle cues could)
 
-    def run(self, stage: str, fraction: float, fn: Callable[[], Any]) -> Any:
+    def announce(self, stage: str, fraction: float) -> None:
+        """Tell the progress callback that ``stage`` starts (timed elsewhere, e.g. in a thread)."""
         if self.progress is not None:
             self.done = max(self.done, min(1.0, fraction))
             self.progress(stage, self.done)
+
+    def run(self, stage: str, fraction: float, fn: Callable[[], Any]) -> Any:
+        self.announce(stage, fraction)
         t0 = time.perf_counter()
         try:
             return fn()
@@ -107,9 +118,9 @@ def analyze(source: str, *, subtitles: str | None = None, asr_model: str | None 
     """
     opts = _with_speakers(options or AnalyzeOptions(), diarize, speakers, min_speakers, max_speakers)
     stages = _Stages(progress)
-    predictor = _load_predictor(model, device)
     kind = input_kind(source)
     if kind != "media":
+        predictor = _load_predictor(model, device)
         problems: list[str] = []
         utts = read_transcript(source) if kind == "transcript" else read_subtitles(source, problems)
         end = max((u.end_time or 0.0 for u in utts), default=None) if kind == "subtitles" else None
@@ -117,11 +128,7 @@ def analyze(source: str, *, subtitles: str | None = None, asr_model: str | None 
         _predict(predictor, utts, [None] * len(utts), [None] * len(utts), opts, top_k, stages, 0.0, [])
         timeline.utterances = utts
     else:
-        if hasattr(predictor, "warm_up"):
-            # Load the voice and face heads (and compile pYIN) while the media is decoded and
-            # transcribed, instead of on the critical path of the first prediction.
-            threading.Thread(target=_warm_up, args=(predictor,), name="mmva-warm-up", daemon=True).start()
-        timeline = _analyze_media(str(source), subtitles, asr_model, device, top_k, opts, stages, predictor)
+        timeline, predictor = _analyze_media(str(source), subtitles, asr_model, device, top_k, opts, stages, model)
     timeline.model = {**_model_info(predictor), **timeline.model}
     timeline.timings = stages.timings
     if progress is not None:
@@ -162,11 +169,67 @@ def _diarizer(opts: AnalyzeOptions, has_audio: bool, problems: list[str]) -> Dia
         return None
 
 
-def _warm_up(predictor: Any) -> None:
+def _warm_up(model: Any) -> None:
     try:
-        predictor.warm_up()
+        model.warm_up()
     except Exception as exc:  # a failed warm-up only costs time: the real call reports real errors
         log.debug("model warm-up failed: %s", exc)
+
+
+def _in_background(fn: Callable[[], Any], name: str) -> Future:
+    """Run ``fn`` in a daemon thread; its result (or exception) comes from the returned future.
+
+    >>> _in_background(lambda: 6 * 7, "answer").result()
+    42
+    """
+    fut: Future = Future()
+
+    def run() -> None:
+        try:
+            fut.set_result(fn())
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the result
+            fut.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return fut
+
+
+class _Models:
+    """The speaker encoder and the predictor of one analysis, loaded once and warmed up (their first
+    calls made on a short tone), after the file was probed: a file that cannot be read fails before
+    any model is loaded.
+
+    They load before the ASR model, as before issue 15: with the CTranslate2 model loaded first (and
+    in every variant that loaded torch models in a thread while the ASR ran), torch's convolutions
+    and LSTM ran several times slower for the rest of the process (a cold 60 s analysis: 55 s of CPU
+    instead of 26 s on 2 cores; the cause, likely two OpenMP runtimes, was not traced further).
+    """
+
+    def __init__(self, model: Any, device: str, opts: AnalyzeOptions, has_audio: bool, problems: list[str],
+                 stages: _Stages) -> None:
+        self._args = (model, device, opts, has_audio, problems)
+        self._stages = stages
+        self._loaded: tuple[Diarizer | None, Any] | None = None
+
+    def load(self) -> tuple[Diarizer | None, Any]:
+        if self._loaded is None:
+            self._loaded = self._stages.run("load models", 0.0, self._load)
+        return self._loaded
+
+    def _load(self) -> tuple[Diarizer | None, Any]:
+        model, device, opts, has_audio, problems = self._args
+        diarizer = _diarizer(opts, has_audio, problems)
+        predictor = _load_predictor(model, device)
+        for found in (diarizer, predictor):
+            if found is not None and hasattr(found, "warm_up"):
+                _warm_up(found)
+        return diarizer, predictor
+
+    def diarizer(self) -> Diarizer | None:
+        return self.load()[0]
+
+    def predictor(self) -> Any:
+        return self.load()[1]
 
 
 def _load_predictor(model: Any, device: str) -> Any:
@@ -194,10 +257,10 @@ def _model_info(predictor: Any) -> dict[str, Any]:
 
 
 def _analyze_media(path: str, subtitles: str | None, asr_model: str | None, device: str, top_k: int,
-                   opts: AnalyzeOptions, stages: _Stages, predictor: Any) -> Timeline:
+                   opts: AnalyzeOptions, stages: _Stages, model: Any) -> tuple[Timeline, Any]:
     from mmva.io.media import probe, read_subtitles_stream
 
-    info = stages.run("probe", 0.0, lambda: probe(path))
+    info = stages.run("probe", 0.0, lambda: probe(path))  # a file that cannot be read fails here, before any loading
     timeline = Timeline(source=path, duration=round(info.duration, 3) if info.duration else None,
                         media={"has_video": info.has_video, "has_audio": info.has_audio, "width": info.width,
                                "height": info.height, "fps": round(info.fps, 3)})
@@ -207,6 +270,8 @@ def _analyze_media(path: str, subtitles: str | None, asr_model: str | None, devi
         timeline.media.pop("width"), timeline.media.pop("height"), timeline.media.pop("fps")
     known: list[Utterance] | None = None
     sub_file = subtitles or sidecar_subtitles(path)
+    speaker_problems: list[str] = []
+    models = _Models(model, device, opts, info.has_audio, speaker_problems, stages)
     if sub_file:
         known, timeline.segmentation = read_subtitles(sub_file, timeline.problems), "subtitles"
         timeline.media["subtitles"] = sub_file
@@ -220,19 +285,24 @@ def _analyze_media(path: str, subtitles: str | None, asr_model: str | None, devi
         known, timeline.segmentation = fixed_windows(info.duration, opts.segment.window), "windows"
         timeline.problems.append(f"no audio and no subtitles: face-only analysis of "
                                  f"{opts.segment.window:g} s windows")
+    models.load()  # torch before CTranslate2 (see _Models)
     asr = None
     if known is None:
         timeline.segmentation = "asr"
         asr = stages.run("load asr", 0.0, lambda: asr_mod.load_asr(asr_model, asr_mod.resolve_device(device)))
         timeline.model["asr"] = asr_mod.asr_name(asr)
     history: list[str] = []
-    diarizer = stages.run("speakers", 0.0, lambda: _diarizer(opts, info.has_audio, timeline.problems))
-    if diarizer is not None:
-        timeline.model["diarization"] = "resemblyzer GE2E speaker embeddings + agglomerative clustering"
-    # A predictor that decodes its utterances itself (a checkpoint, as in training) needs no frames.
-    own_media = bool(getattr(predictor, "decodes_media", False))
+
+    def diarizer() -> Diarizer | None:
+        found = models.diarizer()
+        if found is not None and "diarization" not in timeline.model:
+            timeline.model["diarization"] = "resemblyzer GE2E speaker embeddings + agglomerative clustering"
+        return found
+
+    predictor = models.predictor
     # Where each speaker was seen talking, kept from window to window (predictors that support it).
-    faces = predictor.speaker_faces() if callable(getattr(predictor, "speaker_faces", None)) else None
+    faces: Any = None
+
     # How far the audio could be decoded: a truncated file ends before the duration it declares.
     reach = [0.0] if asr is not None else [info.duration or 0.0]
     windows = (_asr_windows(path, info.duration, asr, opts, stages, reach, diarizer) if asr is not None
@@ -241,21 +311,54 @@ def _analyze_media(path: str, subtitles: str | None, asr_model: str | None, devi
         if not utts:
             continue
         frac = (utts[-1].end_time or 0.0) / info.duration if info.duration else 0.0
-        if asr is None and diarizer is not None and chunk is not None:
-            stages.run("speakers", frac, lambda: _label_known(diarizer, utts, chunk, t0))
-        frames = (stages.run("frames", frac, lambda: _collect_frames(path, utts, opts, timeline.problems))
-                  if info.has_video and not own_media else [None] * len(utts))
+        if asr is None and chunk is not None:
+            found = diarizer()
+            if found is not None:
+                stages.run("speakers", frac, lambda: _label_known(found, utts, chunk, t0))
+        # A predictor that decodes its utterances itself (a checkpoint, as in training) needs no frames.
+        own_media = bool(getattr(predictor(), "decodes_media", False))
+        frames: Any = [None] * len(utts)
+        if info.has_video and not own_media:
+            # Decoded in a thread while the text and voice heads run; the face head waits for them.
+            stages.announce("frames", frac)
+            frames = _FramesLater(_in_background(
+                lambda: _collect_frames(path, utts, opts, timeline.problems, stages), "mmva-frames"), len(utts), stages)
         audio = ([_slice(chunk, t0, u) for u in utts] if chunk is not None and not own_media
                  else [None] * len(utts))
         sources = [_span(path, u, info.duration) for u in utts]
-        _predict(predictor, utts, audio, frames, opts, top_k, stages, frac, history, sources, faces)
+        current = predictor()
+        if faces is None and callable(getattr(current, "speaker_faces", None)):
+            faces = current.speaker_faces()
+        _predict(current, utts, audio, frames, opts, top_k, stages, frac, history, sources, faces)
         for u in utts:  # the window's audio and frames are dropped here; the results stay
             u.path = path
         timeline.utterances.extend(utts)
+    found_predictor = predictor()  # also when nothing was said: the JSON names the model
+    timeline.problems.extend(speaker_problems)
     if info.has_audio and info.duration and reach[0] < info.duration - 1.0:
         timeline.problems.append(f"audio ends at {reach[0]:.1f} s of the {info.duration:.1f} s the file declares "
                                  f"(truncated or damaged): {reach[0]:.1f}-{info.duration:.1f} s not analysed")
-    return timeline
+    return timeline, found_predictor
+
+
+class _FramesLater:
+    """The frames of a window's utterances, decoded in the background: a sequence whose items wait
+    for the decoding (the face head reads them after the text and voice heads have run)."""
+
+    def __init__(self, future: Future, n: int, stages: _Stages) -> None:
+        self._future, self._n, self._stages = future, n, stages
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _frames(self) -> list[np.ndarray | None]:
+        return self._stages.run("wait for frames", 0.0, self._future.result)
+
+    def __getitem__(self, i: Any) -> Any:
+        return self._frames()[i]
+
+    def __iter__(self) -> Iterator[np.ndarray | None]:
+        return iter(self._frames())
 
 
 def _within_media(utts: list[Utterance], duration: float, problems: list[str]) -> list[Utterance]:
@@ -299,9 +402,12 @@ def _label_known(diarizer: Diarizer, utts: list[Utterance], chunk: np.ndarray, t
 
 
 def _asr_windows(path: str, duration: float, asr: Any, opts: AnalyzeOptions, stages: _Stages,
-                 reach: list[float], diarizer: Diarizer | None = None
+                 reach: list[float], diarizer: Callable[[], Diarizer | None] | None = None
                  ) -> Iterator[tuple[list[Utterance], np.ndarray | None, float]]:
-    """Yield (utterances, audio chunk, chunk start) window by window, cutting windows at pauses."""
+    """Yield (utterances, audio chunk, chunk start) window by window, cutting windows at pauses.
+
+    ``diarizer()`` gives the diarizer (None: speakers are not labelled).
+    """
     t0 = 0.0
     while duration <= 0 or t0 < duration - 0.05:
         want_end = t0 + opts.window + opts.lookahead
@@ -311,18 +417,22 @@ def _asr_windows(path: str, duration: float, asr: Any, opts: AnalyzeOptions, sta
         if chunk is None or chunk.size == 0:
             return
         reach[0] = max(reach[0], t0 + len(chunk) / SAMPLE_RATE)
-        regions = stages.run("vad", frac, lambda: asr_mod.speech_regions(chunk, opts.vad))
+        stamps = stages.run("vad", frac, lambda: asr_mod.speech_stamps(chunk, opts.vad))
+        regions = asr_mod.stamps_to_seconds(stamps)
         cut = len(chunk) / SAMPLE_RATE
         if end is not None:  # not the last window: stop at a pause near the window's nominal end
             cut = _cut_point(chunk, regions, opts.window, opts.lookahead)
         regions = [(s, min(e, cut)) for s, e in regions if s < cut]
         part = chunk[: int(cut * SAMPLE_RATE)]
-        words = stages.run("speech", frac,
-                           lambda: asr_mod.transcribe_words(asr, part, regions, opts.language, opts.vad))
+        # The whole chunk is transcribed: its voice activity is known already (no second VAD pass).
+        known = stamps if part.size == chunk.size else None
+        words = stages.run("speech", frac, lambda: asr_mod.transcribe_words(
+            asr, part, regions, opts.language, opts.vad, stamps=known))
         speaker_of = None
-        if diarizer is not None and words:
-            track = stages.run("speakers", frac, lambda: diarizer.track(part, regions))
-            min_turn = diarizer.options.min_turn
+        found = diarizer() if diarizer is not None and words else None
+        if found is not None:
+            track = stages.run("speakers", frac, lambda: found.track(part, regions))
+            min_turn = found.options.min_turn
             speaker_of = lambda spans: track.word_labels(spans, min_turn)  # noqa: E731
         utts = snap_to_speech(segment_words(words, opts.segment, speaker_of), regions)
         for u in utts:
@@ -437,18 +547,21 @@ class FrameCollector:
 
 
 def _collect_frames(path: str, utts: list[Utterance], opts: AnalyzeOptions,
-                    problems: list[str]) -> list[np.ndarray | None]:
+                    problems: list[str], stages: _Stages | None = None) -> list[np.ndarray | None]:
     from mmva.io.media import MediaError, iter_frames
 
     spans = [(u.start_time or 0.0, u.end_time or 0.0) for u in utts]
     collector = FrameCollector(spans, opts.fps, opts.frames_per_utterance)
     start = max(0.0, min(s for s, _ in spans) - 0.1)
     end = max(e for _, e in spans) + 0.1
+    t0 = time.perf_counter()
     try:
         for t, frame in iter_frames(path, fps=opts.fps, max_side=opts.max_side, start=start or None, end=end):
             collector.add(t, frame)
     except MediaError as err:
         problems.append(f"frames {start:.1f}-{end:.1f} s: {err.reason}")
+    if stages is not None:  # a background thread: timed here, without a progress call
+        stages.timings["frames"] = stages.timings.get("frames", 0.0) + time.perf_counter() - t0
     return [collector.frames(i) for i in range(len(utts))]
 
 

@@ -55,10 +55,12 @@ class WhisperStates:
     """
 
     def __init__(self, path: str | None = None, *, model: Any = None, threads: int = 0, name: str = "") -> None:
-        import os
-
         self.path = path
-        self._model = model or _load_ct2(path, threads or min(4, os.cpu_count() or 1))
+        if model is None:
+            from mmva.analyze.asr import asr_threads
+
+            model = _load_ct2(path, threads or asr_threads())
+        self._model = model
         self.n_mels = int(getattr(self._model, "n_mels", 80) or 80)
         self.name = name or ("whisper-tiny.en" if path is None else str(path))
         self._lock = threading.Lock()  # a CTranslate2 model serves one call at a time here
@@ -134,9 +136,20 @@ _SHARED_LOCK = threading.Lock()
 
 
 def shared_states(path: str | None = None) -> WhisperStates:
-    """One :class:`WhisperStates` per model folder per process."""
+    """One :class:`WhisperStates` per model folder per process.
+
+    The default model (``path=None``) is the speech recognition's own model on the CPU
+    (:func:`mmva.analyze.asr.load_asr`: the same folder, int8 and thread count as a separate load,
+    and the same states: CTranslate2's int8 encoder gives identical states on any thread count),
+    so ``mmva analyze`` reads those weights once.
+    """
     key = path or ""
     with _SHARED_LOCK:
         if key not in _SHARED:
-            _SHARED[key] = WhisperStates(path)
+            if path is None:
+                from mmva.analyze.asr import load_asr
+
+                _SHARED[key] = WhisperStates(model=load_asr(None, "cpu").model)
+            else:
+                _SHARED[key] = WhisperStates(path)
         return _SHARED[key]
