@@ -539,10 +539,39 @@ def section_cold(sp: dict | None) -> str:
     return "\n".join(out)
 
 
+def section_text_models(tm: dict | None) -> str:
+    """MELD dev table of the text models with and without context (bench_text_models.py, issue 16)."""
+    out = ["### Text models on MELD dev, by context (issue 16)", ""]
+    if tm is None:
+        return "\n".join(out + ["`text_models.json`: not run yet (`python benchmarks/bench_text_models.py`).", ""])
+    rows = []
+    for r in tm["rows"]:
+        e, s = r["scores"]["emotion"], r["scores"]["sentiment"]
+        rows.append([r["model"], r["context"], e["raw"]["weighted_f1"], e["raw"]["macro_f1"], e["raw"]["accuracy"],
+                     s["raw"]["weighted_f1"], s["raw"]["macro_f1"], s["raw"]["accuracy"],
+                     e["bias_macro_crossfit"]["macro_f1"], r.get("inference_seconds_per_1000", "–"),
+                     ", ".join(f"{x:.0f}" for x in r["train_seconds_per_epoch"]) if r.get("train_seconds_per_epoch") else "–"])
+    out += [f"{tm['n']} dev utterances, x100; argmax of each model's logits (context: none, the previous utterances "
+            "as a live stream has them, or both sides as a recorded video has them). Emotion macro-F1 with a per-class "
+            "bias for macro-F1 fitted on one half of dev's dialogues and scored on the other (rare classes):", "",
+            table(["model", "context", "emotion wF1", "emotion macro-F1", "emotion acc", "sentiment wF1",
+                   "sentiment macro-F1", "sentiment acc", "emotion macro-F1, rare-class bias",
+                   "s / 1000 utterances", "train s / epoch"], rows), ""]
+    labels = None
+    per = []
+    for r in tm["rows"]:
+        pc = r["scores"]["emotion"]["raw"]["per_class_f1"]
+        labels = labels or list(pc)
+        per.append([f"{r['model']} ({r['context']})", *[pc[c] for c in labels]])
+    out += ["Per-class emotion F1 (argmax):", "", table(["model", *labels], per), "",
+            machine_line("text_models", tm), ""]
+    return "\n".join(out)
+
+
 SECTIONS: list[tuple[tuple[str, ...], Callable[..., str]]] = [
     (("scaling", "analyze"), section_targets),
     (("scaling", "analyze"), section_speed), (("speed",), section_cold), (("train",), section_train),
-    (("meld_dev", "text_accuracy", "fusion"), section_accuracy), (("extract", "serve_load", "voice"), section_other),
+    (("meld_dev", "text_accuracy", "fusion"), section_accuracy), (("text_models",), section_text_models), (("extract", "serve_load", "voice"), section_other),
     (("diarize",), section_diarize), (("voice_speakers", "voice_speakers_long"), section_voice_speakers), (("voice_heads",), section_voice_heads), (("face_heads",), section_face_heads),
 ]
 

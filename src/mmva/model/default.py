@@ -92,7 +92,9 @@ class DefaultModel:
         self.text.bf16 = self.config.get("text_bf16", False) and _cpu_has_bf16()
         # A text model trained with the following utterances as context wants them (recorded media);
         # the analyze pipeline passes them only when this is true.
-        self.uses_following = self.text.config.context_after > 0
+        # config "text_following": false keeps a model that can read them to the past only (measured
+        # better for the shipped accurate model's emotions, see its card).
+        self.uses_following = self.text.config.context_after > 0 and self.config.get("text_following", True)
         self._voice: Any = None
         self._voice_tried = False
         self._voice_lock = threading.Lock()  # warm_up() may load the head from another thread
