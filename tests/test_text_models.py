@@ -115,8 +115,8 @@ def test_text_model_accurate_from_the_command_line():
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
-    assert out[0]["emotions"][0]["label"] == "joy" and out[0]["sentiment"]["label"] == "positive"
-    assert out[1]["sentiment"]["label"] == "negative"
+    assert out[0]["emotions"][0]["label"] == "joy" and out[0]["sentiments"][0]["label"] == "positive"
+    assert out[1]["sentiments"][0]["label"] == "negative"
     both = subprocess.run([sys.executable, "-c", "from mmva.cli import app; app()", "analyze-text",
                            "--text-model", "accurate", "--model", "x.safetensors", "hi"],
                           capture_output=True, text=True, timeout=600)
@@ -155,3 +155,20 @@ def test_mpnet_classifier_runs_and_saves(tmp_path):
     a = clf.eval().predict_logits(["I love it"], calibrated=False)
     b = again.predict_logits(["I love it"], calibrated=False)
     assert torch.allclose(a["emotion"], b["emotion"], atol=1e-4)
+
+
+@needs_mpnet
+def test_analyze_a_video_with_the_accurate_model(tmp_path):
+    """`mmva analyze --text-model accurate`: the JSON names the model that ran, past-only context."""
+    from tests.media import talking_head
+
+    video = talking_head(tmp_path / "talk.mp4", "I am so happy to see you again, this is wonderful")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", "from mmva.cli import app; app()", "analyze", str(video),
+                           "--text-model", "accurate", "-o", str(out), "-q", "--no-diarize"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((out / "talk.mmva.json").read_text())
+    assert data["model"]["name"] == "mmva-accurate" and "mpnet" in data["model"]["text"]
+    assert data["utterances"] and "text" in data["utterances"][0]["modalities"]
+    assert data["utterances"][0]["emotions"][0]["label"] == "joy"
