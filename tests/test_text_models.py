@@ -172,3 +172,28 @@ def test_analyze_a_video_with_the_accurate_model(tmp_path):
     assert data["model"]["name"] == "mmva-accurate" and "mpnet" in data["model"]["text"]
     assert data["utterances"] and "text" in data["utterances"][0]["modalities"]
     assert data["utterances"][0]["emotions"][0]["label"] == "joy"
+
+
+def test_distillation_from_a_teacher_and_a_teacher_that_does_not_cover_the_data(tmp_path):
+    """train-text --teacher: the student learns from a real teacher's logits (the shipped model here)."""
+    import numpy as np
+
+    from mmva.model.default import default_model_dir
+    from mmva.model.textclf import TextClassifier
+    from mmva.train.text_finetune import TextTrainConfig, read_meld_text, train_text
+
+    data = _tiny_meld(tmp_path / "meld")
+    train, _ = read_meld_text(data / "train_sent_emo.csv")
+    teacher = TextClassifier.load(default_model_dir() / "text_model.safetensors")
+    z = teacher.predict_logits([e.text for e in train], [e.context for e in train])
+    np.savez(tmp_path / "teacher.npz", uid=np.array([e.uid for e in train]), emotion=z["emotion"].numpy(),
+             sentiment=z["sentiment"].numpy())
+    cfg = TextTrainConfig(epochs=1, batch_size=8, lr=3e-3, head_lr=1e-2, teacher=str(tmp_path / "teacher.npz"),
+                          kd_weight=0.9)
+    result = train_text(str(data), str(tmp_path / "run"), cfg)
+    assert result.history[0]["train_loss"] > 0 and result.metrics["train_config"]["teacher"].endswith("teacher.npz")
+    np.savez(tmp_path / "partial.npz", uid=np.array([e.uid for e in train[:3]]), emotion=z["emotion"][:3].numpy(),
+             sentiment=z["sentiment"][:3].numpy())
+    with pytest.raises(ValueError, match="partial.npz: no teacher logits for"):
+        train_text(str(data), str(tmp_path / "run2"),
+                   TextTrainConfig(epochs=1, batch_size=8, teacher=str(tmp_path / "partial.npz")))

@@ -29,6 +29,9 @@ def train_text_cmd(
                                        "steps on CPU, where drawing the masks is costly)."),
     bf16: bool = typer.Option(False, help="Train and evaluate in bfloat16 autocast (fast on AMX CPUs)."),
     threads: int = typer.Option(1, help="Torch threads."),
+    teacher: Optional[str] = typer.Option(None, help="Distil: .npz of a teacher's logits on the training split "
+                                          "(uid, emotion, sentiment), e.g. the accurate model's."),
+    kd_weight: float = typer.Option(0.5, help="Weight of the distillation term (the rest is cross-entropy)."),
     frozen_layers: int = typer.Option(0, help="Bottom encoder layers kept frozen (cached once); LoRA on the rest."),
     seed: int = typer.Option(13, help="Random seed."),
     max_train: Optional[int] = typer.Option(None, help="Subsample the training split (smoke runs)."),
@@ -51,6 +54,7 @@ def train_text_cmd(
         model_cfg = replace(model_cfg, target_modules=MPNET_TARGETS)
     cfg = TextTrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, max_train=max_train,
                           max_dev=max_dev, after_dropout=after_dropout, bf16=bf16, threads=threads,
+                          teacher=teacher, kd_weight=kd_weight,
                           model=model_cfg)
     result = train_text(data, out, cfg, resume=not fresh)
     head = result.metrics["calibrated_crossfit"]

@@ -52,6 +52,11 @@ class TextTrainConfig:
     # one model serves recorded videos (both sides known) and live streams (past only).
     after_dropout: float = 0.5
     bf16: bool = False  # autocast the encoder to bfloat16 (CPUs with AMX / AVX512-BF16: ~2x faster)
+    # Distillation: an .npz of a teacher's calibrated logits on the training split (arrays uid, emotion,
+    # sentiment); the loss becomes (1 - kd_weight) * CE + kd_weight * T^2 * KL(teacher_T || student_T).
+    teacher: str | None = None
+    kd_weight: float = 0.5
+    kd_temperature: float = 2.0
     sentiment_loss_weight: float = 1.0
     seed: int = 13
     threads: int = 1  # measured here: 2 threads on an oversubscribed 2-core machine ran ~10x slower
@@ -210,7 +215,7 @@ def _pad(hidden: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _train_epoch(model: TextClassifier, train: Sequence[TextExample], cache: dict[tuple, list[torch.Tensor]],
                  cfg: TextTrainConfig, opt, sched, losses: dict[str, nn.Module], rng: random.Random,
-                 epoch: int) -> float:
+                 epoch: int, teacher: dict[str, torch.Tensor] | None = None) -> float:
     model.train()
     batches = length_batches(train, cfg.batch_size, rng)
     total, t0 = 0.0, time.time()
@@ -225,6 +230,13 @@ def _train_epoch(model: TextClassifier, train: Sequence[TextExample], cache: dic
         out = {k: v.float() for k, v in out.items()}
         loss = losses["emotion"](out["emotion"], torch.tensor([e.emotion for e in exs])) + \
             cfg.sentiment_loss_weight * losses["sentiment"](out["sentiment"], torch.tensor([e.sentiment for e in exs]))
+        if teacher is not None:
+            t = cfg.kd_temperature
+            kd = sum(w * nn.functional.kl_div((out[task] / t).log_softmax(-1),
+                                              (teacher[task][b] / t).log_softmax(-1), log_target=True,
+                                              reduction="batchmean") * t * t
+                     for task, w in (("emotion", 1.0), ("sentiment", cfg.sentiment_loss_weight)))
+            loss = (1 - cfg.kd_weight) * loss + cfg.kd_weight * kd
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
@@ -283,6 +295,7 @@ def train_text(data: str, out_dir: str, cfg: TextTrainConfig = TextTrainConfig()
         log.info("resumed after epoch %d", start)
     cache: dict[tuple, list[torch.Tensor]] = {}
     after = mcfg.context_after > 0
+    teacher = _teacher_logits(cfg.teacher, train) if cfg.teacher else None
     for epoch in range(start + 1, cfg.epochs + 1):
         if not cache:
             t0 = time.time()
@@ -292,7 +305,7 @@ def train_text(data: str, out_dir: str, cfg: TextTrainConfig = TextTrainConfig()
             log.info("frozen bottom layers cached in %.0f s", time.time() - t0)
             (out / "cache_seconds.txt").write_text(f"{time.time() - t0:.1f}\n")
         t0 = time.time()
-        loss = _train_epoch(model, train, cache, cfg, opt, sched, losses, rng, epoch)
+        loss = _train_epoch(model, train, cache, cfg, opt, sched, losses, rng, epoch, teacher)
         train_s = time.time() - t0
         scores = _score(evaluate_logits(model, dev), dev)
         rec = {"epoch": epoch, "train_loss": round(loss, 4), "train_seconds": round(train_s, 1),
@@ -312,6 +325,17 @@ def train_text(data: str, out_dir: str, cfg: TextTrainConfig = TextTrainConfig()
         # atomic, and last: a kill mid-save leaves the previous epoch's resume state intact
         storage.write_atomic(state_path, lambda tmp: torch.save(state, tmp))
     return finalize(out, dev, history, cfg)
+
+
+def _teacher_logits(path: str, train: Sequence[TextExample]) -> dict[str, torch.Tensor]:
+    """A teacher's logits aligned to ``train`` by utterance id; every training example must have one."""
+    with np.load(path) as z:
+        index = {str(u): i for i, u in enumerate(z["uid"])}
+        missing = [e.uid for e in train if e.uid not in index]
+        if missing:
+            raise ValueError(f"{path}: no teacher logits for {len(missing)} training utterances (e.g. {missing[0]})")
+        rows = [index[e.uid] for e in train]
+        return {task: torch.tensor(z[task][rows], dtype=torch.float32) for task in ("emotion", "sentiment")}
 
 
 def _rng_tensor(rng: random.Random) -> torch.Tensor:
