@@ -498,6 +498,16 @@ def install_text_model(run_dir: str | Path, dest: str | Path) -> Path:
     return dest
 
 
+def _distil_line(tc: dict[str, Any]) -> str:
+    if not tc.get("teacher"):
+        return ""
+    return (f"**Distillation.** Trained on MELD train with the soft targets of the accurate model (MPNet-base, "
+            f"`src/mmva/assets/accurate`, calibrated logits with two previous utterances): loss = "
+            f"{1 - tc['kd_weight']:g} x class-weighted cross-entropy + {tc['kd_weight']:g} x T^2 KL at "
+            f"T={tc.get('kd_temperature', 2.0):g}. The teacher's logits on the training split come from "
+            "`TextClassifier.predict_logits` over `read_meld_text(train, 2)` (saved as uid, emotion, sentiment).\n\n")
+
+
 def render_model_card(run_dir: str | Path, fusion_weights: dict[str, float] | None = None) -> str:
     """MODEL_CARD.md text for a ``mmva train-text`` run (data, license, recipe, dev scores).
 
@@ -558,7 +568,7 @@ for training, `dev_sent_emo.csv` (1,109) for selection and calibration. The test
 MELD's repository states GPL-3.0; the weights here are derived from it: check that this suits your use.
 The base model {mc.get('base', 'all-MiniLM-L6-v2')} is {info['licence']}. The mmva code is MIT.
 
-**Training.** `mmva train-text --data MELD_DIR --out runs/text{' --base ' + mc['base'] if mc.get('base', 'all-MiniLM-L6-v2') != 'all-MiniLM-L6-v2' else ''}{' --context-turns ' + str(mc['context_turns']) if mc['context_turns'] != 1 else ''}{' --context-after ' + str(after) if after else ''}{' --frozen-layers ' + str(mc['frozen_layers']) if mc['frozen_layers'] != 0 else ''}{' --lora-dropout ' + str(mc['lora_dropout']) if mc.get('lora_dropout', 0.1) != 0.1 else ''}{' --bf16' if tc.get('bf16') else ''}{' --epochs ' + str(tc['epochs']) if tc['epochs'] != 3 else ''} --install {info['folder']}`
+**Training.** `mmva train-text --data MELD_DIR --out runs/text{' --base ' + mc['base'] if mc.get('base', 'all-MiniLM-L6-v2') != 'all-MiniLM-L6-v2' else ''}{' --context-turns ' + str(mc['context_turns']) if mc['context_turns'] != 1 else ''}{' --context-after ' + str(after) if after else ''}{' --frozen-layers ' + str(mc['frozen_layers']) if mc['frozen_layers'] != 0 else ''}{' --lora-dropout ' + str(mc['lora_dropout']) if mc.get('lora_dropout', 0.1) != 0.1 else ''}{' --bf16' if tc.get('bf16') else ''}{' --teacher TEACHER_LOGITS.npz --kd-weight ' + str(tc.get('kd_weight')) if tc.get('teacher') else ''}{' --epochs ' + str(tc['epochs']) if tc['epochs'] != 3 else ''} --install {info['folder']}`
 (seed {tc['seed']}). Input {context_in}, at most {mc['max_length']} tokens. Both heads
 trained jointly with cross-entropy weighted by the square root of inverse class frequency (so fear and
 disgust get predicted at all), AdamW (adapter lr {tc['lr']}, heads {tc['head_lr']}, weight decay {tc['weight_decay']}), linear
@@ -606,7 +616,7 @@ emotion wF1; frozen MiniLM embedding + logistic regression 51.9; MiniLM fully fi
 previous utterance as context 58.8. Published text models reach 62-65 on MELD *test* with larger
 encoders. {reached}
 
-**Limits.** English, sitcom dialogue; confidences calibrated on MELD dev only. Fear and disgust remain
+{_distil_line(tc)}**Limits.** English, sitcom dialogue; confidences calibrated on MELD dev only. Fear and disgust remain
 hard (few examples). Sarcasm and context beyond {mc['context_turns']} previous{f' and {after} following' if after else ''} utterance(s) are not
 modelled. Do not use it to make decisions about people.
 
