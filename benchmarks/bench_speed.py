@@ -43,20 +43,15 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))  # sibling: machine
+sys.path.insert(0, str(Path(__file__).parent))  # siblings: machine, bench_analyze
+
+import bench_analyze  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "speed.json"
 SRC = Path(__file__).resolve().parent.parent / "src"
 RATE = 16000
-LINES = (
-    "I am so happy to see you again, this is wonderful news!",
-    "I cannot believe you lied to me, I am really angry about it.",
-    "Oh no, something is wrong, I am scared.",
-    "I miss her so much, I feel sad and lonely today.",
-    "Well, the meeting is at three, in the second room.",
-    "What? You won the lottery? That is amazing!",
-    "That smell is disgusting, please open the window.",
-    "Okay, let us go through the numbers one more time.",
+# bench_analyze's sentences, and two more so a minute of speech repeats fewer of them
+LINES = bench_analyze.LINES + (
     "Thank you so much, that really made my day.",
     "I do not know what to say, this is terrible.",
 )

