@@ -22,14 +22,23 @@ def words(text: str) -> str:
     return " ".join(re.sub(r"[^a-z' ]", " ", text.lower()).split())
 
 
+TIE = 0.05  # probability gap under which two emotions count as tied
+
+
 def assert_same_utterances(live: list[dict[str, Any]], offline: list[dict[str, Any]], time_tol: float = 0.35) -> None:
     """Live and offline agree within stated tolerances: same count, edges within ``time_tol`` s,
-    the same words (case and punctuation aside, 80% similar), the same top emotion."""
+    the same words (case and punctuation aside, 80% similar), the same top emotion (or a near-tie)."""
     assert len(live) == len(offline), ([u["text"] for u in live], [u["text"] for u in offline])
     for a, b in zip(live, offline):
         assert abs(a["start_time"] - b["start_time"]) <= time_tol and abs(a["end_time"] - b["end_time"]) <= time_tol, (a, b)
         assert difflib.SequenceMatcher(None, words(a["text"]), words(b["text"])).ratio() >= 0.8, (a["text"], b["text"])
-        assert a["emotions"][0]["label"] == b["emotions"][0]["label"], (a["text"], a["emotions"], b["emotions"])
+        # The same top emotion, unless the two are a near-tie (live cuts the audio a few tens of ms
+        # apart from offline, which moves the voice part by a little): then within TIE of each other.
+        top_a, top_b = a["emotions"][0]["label"], b["emotions"][0]["label"]
+        pa = {e["label"]: e["confidence"] for e in a["emotions"]}
+        pb = {e["label"]: e["confidence"] for e in b["emotions"]}
+        assert top_a == top_b or (pa[top_a] - pa[top_b] <= TIE and pb[top_b] - pb[top_a] <= TIE), (
+            a["text"], a["emotions"], b["emotions"])
         assert a["modalities"] == b["modalities"]
         assert set(b) - {"speaker"} <= set(a)  # every field analyze gives (speaker: diarization only)
 

@@ -59,7 +59,9 @@ def user_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmva"
 
 
-def _cache_root() -> Path:
+def cache_root() -> Path:
+    """Where mmva keeps what it prepares once (joined weights, model traces): $MMVA_CACHE, else
+    :func:`user_cache_dir`."""
     return Path(os.environ["MMVA_CACHE"]) if os.environ.get("MMVA_CACHE") else user_cache_dir()
 
 
@@ -73,7 +75,7 @@ def mpnet_dir() -> Path | None:
     """
     import importlib.metadata as md
 
-    target = _cache_root() / "all-mpnet-base-v2"
+    target = cache_root() / "all-mpnet-base-v2"
     if (target / "config.json").is_file() and (target / ".complete").is_file():
         return target
     pieces = []

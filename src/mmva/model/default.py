@@ -78,7 +78,7 @@ class DefaultModel:
     """Text model + optional voice and face heads, fused by :func:`pool_log_linear`."""
 
     def __init__(self, path: str | Path | None = None) -> None:
-        from mmva.model.textclf import TextClassifier
+        from mmva.model.textclf import TextClassifier, load_for_inference
 
         self.path = Path(path) if path else default_model_dir()
         cfg_file = self.path / "config.json"
@@ -87,9 +87,14 @@ class DefaultModel:
                                     f"`mmva train-text --data DIR --install {self.path}`)")
         self.config: dict[str, Any] = json.loads(cfg_file.read_text())
         self.fusion_weights = {**DEFAULT_FUSION_WEIGHTS, **self.config.get("fusion", {}).get("weights", {})}
-        self.text = TextClassifier.load(self.path / self.config["text_model"], merge=True)
-        # bf16 inference where the CPU computes it natively (a base-size encoder: ~3x faster there)
-        self.text.bf16 = self.config.get("text_bf16", False) and _cpu_has_bf16()
+        text_file = self.path / self.config["text_model"]
+        # bf16 inference where the CPU computes it natively (a base-size encoder: ~3x faster there);
+        # otherwise the cached trace of the same model (no transformers import: seconds of a cold start)
+        if self.config.get("text_bf16", False) and _cpu_has_bf16():
+            self.text = TextClassifier.load(text_file, merge=True)
+            self.text.bf16 = True
+        else:
+            self.text = load_for_inference(text_file)
         # A text model trained with the following utterances as context wants them (recorded media);
         # the analyze pipeline passes them only when this is true.
         # config "text_following": false keeps a model that can read them to the past only (measured

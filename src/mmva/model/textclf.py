@@ -266,12 +266,12 @@ class TextClassifier(nn.Module):
         """
         self.eval()
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out: dict[str, list[torch.Tensor]] = {task: [] for task in self.heads}
+        out: dict[str, list[torch.Tensor]] = {task: [] for task in self.config.labels}
+        device = getattr(self, f"temperature_{next(iter(self.config.labels))}").device
         for s in range(0, len(order), batch_size):
             idx = order[s: s + batch_size]
             batch = self.encode([texts[i] for i in idx], [contexts[i] for i in idx] if contexts else None,
                                 [following[i] for i in idx] if following else None)
-            device = self.heads[next(iter(self.heads))].weight.device
             # bf16 on CPUs that compute in it natively (AMX / AVX512-BF16): ~3x faster for MPNet-base
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16 and device.type == "cpu"):
                 logits = self(**{k: v.to(device) for k, v in batch.items()})
@@ -330,10 +330,168 @@ class TextClassifier(nn.Module):
             raise ValueError(f"{path}: adapter keys do not match the base: {result.unexpected_keys[:3]}")
         model.heads.load_state_dict({k[len("heads."):]: v for k, v in state.items()
                                      if k.startswith("heads.")})
-        for task in model.heads:
-            getattr(model, f"temperature_{task}").copy_(state[f"temperature_{task}"].reshape(()))
-            getattr(model, f"bias_{task}").copy_(state[f"bias_{task}"])
+        model._set_calibration(state)
         if merge:
             model.encoder = model.encoder.merge_and_unload()
         model.extra = json.loads(meta.get("extra", "{}"))
         return model.eval()
+
+    def _set_calibration(self, state: dict[str, torch.Tensor]) -> None:
+        for task in self.config.labels:
+            getattr(self, f"temperature_{task}").copy_(state[f"temperature_{task}"].reshape(()))
+            getattr(self, f"bias_{task}").copy_(state[f"bias_{task}"])
+
+
+# -- inference without transformers at start-up ------------------------------------------------------
+# Why a trace: importing transformers + peft is 7-10 s of a cold `mmva analyze` on 2 cores (issue 15)
+# while the merged MiniLM runs in tens of milliseconds. A TorchScript trace of the merged model
+# (base + LoRA folded in, heads; calibration stays outside) loads in ~0.2 s with torch alone and gives
+# the same logits; it is made once per model file from the eager model and kept in the user cache.
+# ONNX would need the `onnx` package to export and torch.export.load imports torch._dynamo (~9 s);
+# TorchScript is deprecated upstream but still in torch, so any failure falls back to the eager model.
+TRACE_FORMAT = "1"
+
+
+class _Tokenizer:
+    """The slice of a Hugging Face fast tokenizer that :meth:`TextClassifier.encode` uses, read with
+    the `tokenizers` library from the base's ``tokenizer.json`` (no transformers import)."""
+
+    def __init__(self, base_dir: Path) -> None:
+        from tokenizers import Tokenizer
+
+        self._tok = Tokenizer.from_file(str(base_dir / "tokenizer.json"))
+        self._tok.no_truncation()  # transformers ignores the file's truncation/padding unless asked
+        self._tok.no_padding()
+        special = json.loads((base_dir / "special_tokens_map.json").read_text())
+
+        def token_id(name: str) -> int:
+            value = special[name]
+            tid = self._tok.token_to_id(value["content"] if isinstance(value, dict) else value)
+            if tid is None:
+                raise ValueError(f"{base_dir}: tokenizer has no {name} {value!r}")
+            return int(tid)
+
+        self.cls_token_id, self.sep_token_id, self.pad_token_id = (
+            token_id("cls_token"), token_id("sep_token"), token_id("pad_token"))
+
+    def __call__(self, texts: Sequence[str], add_special_tokens: bool = False) -> dict[str, list[list[int]]]:
+        encodings = self._tok.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+        return {"input_ids": [e.ids for e in encodings]}
+
+
+class _Logits(nn.Module):
+    """What is traced: the eager classifier's raw logits as a tuple in label order."""
+
+    def __init__(self, clf: TextClassifier) -> None:
+        super().__init__()
+        self.clf = clf
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        z = self.clf(input_ids, attention_mask, token_type_ids)
+        return tuple(z[task] for task in self.clf.config.labels)
+
+
+class TracedTextClassifier(TextClassifier):
+    """Inference-only :class:`TextClassifier` over a TorchScript trace (see :func:`load_for_inference`):
+    the same ``encode``/``predict_logits``/``calibrate``; training and saving need the eager model."""
+
+    def __init__(self, config: TextClassifierConfig, traced: Any, tokenizer: Any,
+                 state: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
+        nn.Module.__init__(self)
+        self.config = config
+        self.bf16 = False
+        self.tokenizer = tokenizer
+        self.traced = traced
+        self.extra = extra
+        for task, labels in config.labels.items():
+            self.register_buffer(f"temperature_{task}", torch.ones(()))
+            self.register_buffer(f"bias_{task}", torch.zeros(len(labels)))
+        self._set_calibration(state)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        return dict(zip(self.config.labels, self.traced(input_ids, attention_mask, token_type_ids)))
+
+
+def _read_model_file(path: Path) -> tuple[TextClassifierConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        state = {k: f.get_tensor(k) for k in f.keys() if not k.startswith("adapter.")}
+    if meta.get("architecture") != ARCHITECTURE:
+        raise ValueError(f"{path}: not a {ARCHITECTURE} file (architecture={meta.get('architecture')!r})")
+    return TextClassifierConfig.from_dict(json.loads(meta["config"])), state, json.loads(meta.get("extra", "{}"))
+
+
+def trace_file(path: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """Where the trace of the model file ``path`` is (or would be) cached: one file per model file's
+    content, base, torch version and trace format."""
+    import hashlib
+
+    from mmva.encoders.weights import cache_root
+
+    path = Path(path)
+    config = _read_model_file(path)[0]
+    base = _base_dir(config.base) / "model.safetensors"
+    h = hashlib.sha256(path.read_bytes())
+    h.update(f"{config.base}|{base.stat().st_size if base.exists() else 0}|{torch.__version__}|{TRACE_FORMAT}".encode())
+    return Path(cache_dir or cache_root() / "text-traces") / f"{config.base}-{h.hexdigest()[:20]}.pt"
+
+
+def save_trace(model: TextClassifier, out: str | Path) -> Path:
+    """Trace a (merged, eager) classifier and write it atomically to ``out``."""
+    import os
+    import tempfile
+    import warnings
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    example = model.encode(["An example, to trace the model.", "Two"], [["Before it."], []])
+    wrapper = _Logits(model.float()).eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TracerWarnings and the TorchScript deprecation notice
+        traced = torch.jit.trace(wrapper, (example["input_ids"], example["attention_mask"],
+                                           example["token_type_ids"]), check_trace=False)
+        fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".part")
+        os.close(fd)
+        try:
+            torch.jit.save(traced, tmp)
+            os.replace(tmp, out)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    return out
+
+
+def load_for_inference(path: str | Path, cache_dir: str | Path | None = None) -> TextClassifier:
+    """The model file ``path`` ready for inference, loaded the fastest way that gives the same logits:
+    its cached trace when there is one (no transformers import); otherwise the eager model, whose trace
+    is then written for the next process. A trace that cannot be made or read is logged and skipped."""
+    import logging
+    import warnings
+
+    log = logging.getLogger(__name__)
+    path = Path(path)
+    try:
+        file = trace_file(path, cache_dir)
+    except (OSError, ValueError) as exc:
+        log.info("text model trace not used: %s", exc)
+        return TextClassifier.load(path, merge=True)
+    if file.exists():
+        try:
+            config, state, extra = _read_model_file(path)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
+                traced = torch.jit.load(str(file), map_location="cpu")
+            return TracedTextClassifier(config, traced, _Tokenizer(_base_dir(config.base)), state, extra).eval()
+        except Exception as exc:  # a corrupt or incompatible cache file: the eager model still works
+            log.warning("%s: cached text model trace unreadable (%s); using the eager model", file, exc)
+    model = TextClassifier.load(path, merge=True)
+    try:
+        save_trace(model, file)
+    except Exception as exc:  # e.g. a read-only cache: this process still has the eager model
+        log.warning("could not cache the text model trace in %s: %s", file, exc)
+    return model
