@@ -189,8 +189,11 @@ def measure(cmd: list[str], env: dict[str, str]) -> dict:
             "stdout": proc.stdout.decode(errors="replace")}
 
 
+FACE_DETECTOR = "auto"  # --face-detector: "haar" is what the plain install has, "mtcnn" the [faces] extra
+
+
 def analyze_cmd(inputs: list[str], out_dir: Path) -> list[str]:
-    return [sys.executable, "-c", CLI, "analyze", *inputs, "-q", "-o", str(out_dir)]
+    return [sys.executable, "-c", CLI, "analyze", *inputs, "-q", "-o", str(out_dir), "--face-detector", FACE_DETECTOR]
 
 
 def compare(a: dict, b: dict, tol: float) -> dict:
@@ -299,8 +302,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=20, help="clips in the many-files run (0: skip)")
     ap.add_argument("--tolerance", type=float, default=1e-4, help="largest probability difference called equal")
     ap.add_argument("--work", default=None, help="folder for generated media (default: a temp folder)")
+    ap.add_argument("--face-detector", default="auto", choices=["auto", "haar", "mtcnn"],
+                    help="passed to every mmva analyze run (auto: MTCNN when mmva[faces] is installed)")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
+    global FACE_DETECTOR
+    FACE_DETECTOR = args.face_detector
     from machine import end_load, machine_info
 
     work = Path(args.work or tempfile.mkdtemp(prefix="mmva-speed-"))
@@ -311,7 +318,7 @@ def main() -> None:
     shown = [a if not a.startswith("/") else ("BASE/src" if a == args.baseline_src else "WORK")
              for a in sys.argv[1:]]  # no machine paths in the results
     res: dict[str, Any] = {"machine": machine_info("cpu"), "command": " ".join(["python benchmarks/bench_speed.py", *shown]),
-                           "trees": list(trees), "runs": args.runs, "lengths": {}}
+                           "trees": list(trees), "runs": args.runs, "face_detector": args.face_detector, "lengths": {}}
     inputs = {int(x): make_input(work, int(x)) for x in args.lengths.split(",")}
     first = inputs[min(inputs)]["path"]
     res["startup"] = {name: startup(src, first, work / "spy") for name, src in trees.items()}

@@ -482,7 +482,9 @@ def section_cold(sp: dict | None) -> str:
            "Each run is a fresh `mmva analyze FILE -q` process (imports, model loading, decoding, recognition, the "
            "heads, the JSON), timed like `/usr/bin/time -v`; medians of "
            f"{sp['runs']} runs, every tree and the decode floor (PyAV decoding every frame and the audio, threaded, "
-           "no model) interleaved in the same run:", ""]
+           "no model) interleaved in the same run; face detector: "
+           f"{sp.get('face_detector', 'auto')} (haar: the plain install; mtcnn: the [faces] extra; auto: MTCNN when "
+           "installed):", ""]
     rows = []
     for secs, L in sp["lengths"].items():
         inp = L["input"]

@@ -140,6 +140,32 @@ def test_iter_frames_streams_at_the_requested_rate(tmp_path):
     assert window == pytest.approx([2.0, 3.0, 4.0], abs=1e-6)
 
 
+def test_sampling_a_b_frame_file_skips_frames_but_keeps_times_and_content(tmp_path):
+    """Camera/x264 files have B-frames; sampling 2 of 30 frames a second skips decoding the ones no
+    other frame refers to, and each sampled frame is still the one shown at its time (a few frames late
+    at most)."""
+    import av
+
+    n, fps, width = 90, 30, 720
+    frames = moving_frames(n, 64, width)  # frame i: an 8-pixel bar at column 8 i
+    path = tmp_path / "bframes.mp4"
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = width, 64, "yuv420p"
+        vs.options = {"preset": "medium", "bf": "3", "crf": "18"}  # x264's defaults: B-frames
+        for f in frames:
+            out.mux(vs.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        out.mux(vs.encode())
+    with av.open(str(path)) as c:  # the file really has frames nothing refers to
+        assert c.streams.video[0].codec_context.has_b_frames
+    sampled = list(iter_frames(path, fps=2.0, max_side=width))
+    assert len(sampled) == 6
+    for target, (t, frame) in zip(np.arange(0, 3, 0.5), sampled):
+        assert target - 1e-6 <= t <= target + 3 / fps
+        bright = np.flatnonzero(frame.mean(axis=(0, 2)) > 150)
+        assert round((bright.mean() - 3.5) / 8) == round(t * fps)  # the frame shown at time t
+
+
 def test_seek_makes_a_late_window_cheap(tmp_path):
     """A window near the end of a long file is read from a seek, not decoded from the start."""
     frames = np.repeat(face_frames(1, 32), 1200, axis=0)  # 20 min at 1 fps

@@ -481,6 +481,13 @@ def iter_frames(path: str | os.PathLike, fps: float = 2.0, max_side: int = 320,
         s, step = start or 0.0, 1.0 / fps
         next_t, rotation, n, bad = s, None, 0, 0
         rate = float(v.average_rate or v.guessed_rate or 25)
+        # Sampling far below the frame rate: frames that no other frame refers to (most B-frames of
+        # camera and x264 files) need not be decoded at all (~35% less decoding CPU on a 720p30 H.264
+        # talking head); a sampled frame then lies at most a few frames after its time. Turned back
+        # off if decoded frames come further apart than a quarter of the sampling step (a stream that
+        # marks too much as non-reference).
+        may_skip, skipping = rate / fps >= 4, False  # skipping starts once frames carry their own times
+        last_t: float | None = None
         try:
             for packet in container.demux(v):
                 try:
@@ -493,6 +500,11 @@ def iter_frames(path: str | os.PathLike, fps: float = 2.0, max_side: int = 320,
                 for frame in frames:
                     t = _frame_time(frame, n / rate)
                     n += 1
+                    if skipping and (frame.time is None or (last_t is not None and t - last_t > step / 4)):
+                        v.codec_context.skip_frame, skipping, may_skip = "DEFAULT", False, False
+                    elif may_skip and not skipping and frame.time is not None:
+                        v.codec_context.skip_frame, skipping = "NONREF", True
+                    last_t = t
                     if end is not None and t > end:
                         return
                     if t + 1e-6 < next_t:
