@@ -318,6 +318,11 @@ class DefaultModel:
 
     def to(self, device: str | torch.device) -> "DefaultModel":
         """Move the text model (the only torch part run here) to a device, e.g. "cuda"."""
+        from mmva.model.textclf import TextClassifier, TracedTextClassifier
+
+        if isinstance(self.text, TracedTextClassifier) and torch.device(device).type != "cpu":
+            # a trace may hold CPU constants: the eager model (same weights) goes to the accelerator
+            self.text = TextClassifier.load(self.path / self.config["text_model"], merge=True)
         self.text.to(device)
         return self
 
