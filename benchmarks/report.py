@@ -349,16 +349,20 @@ def _voice_speakers_block(name: str, vs: dict) -> list[str]:
 
 VOICE_NAMES = {"mfcc": "40 MFCC mean + std, RMS", "acoustic": "acoustic statistics (MFCC, YIN pitch, energy)",
                "whisper": "Whisper tiny.en encoder states, mean + std", "whisper-base": "Whisper base encoder states",
-               "whisper+acoustic": "Whisper tiny + acoustic (shipped)", "whisper-base+acoustic": "Whisper base + acoustic",
+               "whisper+acoustic": "Whisper tiny + acoustic", "whisper-base+acoustic": "Whisper base + acoustic",
                "prosody": "prosody functionals (previous head)"}
+# the rows of the shipped heads: utterance (global, dropout 0.2), speaker (dropout 0.7)
+SHIPPED_VOICE = {("whisper+acoustic", "global", ()), ("whisper+acoustic", "speaker", ("dropout 0.7",))}
 
 
 def _voice_rows(block: dict) -> list[list]:
     rows = []
     for key, r in block.items():
-        kinds, norm = key.split("|")
+        kinds, norm, *variant = key.split("|")  # a third part names a head setting other than the default
         s, per = r["summary"], r["per_corpus"]
-        rows.append([VOICE_NAMES.get(kinds, kinds), norm, round(100 * s["uar_mean"], 1), round(100 * s["accuracy_mean"], 1),
+        name = VOICE_NAMES.get(kinds, kinds) + "".join(f", {v}" for v in variant)
+        name += " (shipped)" if (kinds, norm, tuple(variant)) in SHIPPED_VOICE else ""
+        rows.append([name, norm, round(100 * s["uar_mean"], 1), round(100 * s["accuracy_mean"], 1),
                      round(100 * s["uar_restricted_mean"], 1), round(100 * s["max_predicted_share_mean"], 1),
                      *[round(100 * per[c]["uar"], 1) for c in sorted(per)]])
     return rows
@@ -372,7 +376,8 @@ def section_voice_heads(vh: dict | None) -> str:
     head = ["feature", "normalisation", "LOCO UAR", "LOCO acc.", "UAR, classes of the corpus only",
             "most predicted class, % (mean)", *[f"{c} UAR" for c in corpora]]
     out += [f"Leave-one-corpus-out over {vh['clips']:,} clips of {len(corpora)} corpora (train on five, test on the "
-            "sixth; the same folds and linear head for every row; per-corpus UAR on that corpus's classes, "
+            "sixth; the same folds and linear head for every row, input dropout 0.2 unless the row says otherwise; "
+            "per-corpus UAR on that corpus's classes, "
             "predictions over all 7; x100):", "", table(head, _voice_rows(vh["full"])), ""]
     if vh.get("subset"):
         out += [f"The same on a stratified 20 % subset ({vh.get('subset_clips')} clips), where the prosody functionals "
@@ -394,6 +399,8 @@ def section_voice_heads(vh: dict | None) -> str:
                         f"{n} head T = {sh['heads'][n]['temperature']}, ECE {e['ece_before']:.3f} -> {e['ece_after']:.3f}"
                         for n, e in sh["scores"].items()), ""]
     out += [machine_line("voice_heads", vh), ""]
+    for key, note in vh.get("added", {}).items():  # rows written after the run above
+        out += [f"Row `{key}` added {note['date_utc']}: {note['how']}.", ""]
     return "\n".join(out)
 
 
