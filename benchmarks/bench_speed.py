@@ -196,30 +196,42 @@ def analyze_cmd(inputs: list[str], out_dir: Path) -> list[str]:
     return [sys.executable, "-c", CLI, "analyze", *inputs, "-q", "-o", str(out_dir), "--face-detector", FACE_DETECTOR]
 
 
+def _probs(value: Any) -> dict[str, float] | None:
+    """A distribution as {label: probability}, from a dict or a list of {label, confidence}."""
+    if isinstance(value, dict):
+        return {k: float(v) for k, v in value.items() if isinstance(v, (int, float))}
+    if isinstance(value, list) and all(isinstance(e, dict) and "label" in e for e in value):
+        return {e["label"]: float(e.get("confidence", 0.0)) for e in value}
+    return None
+
+
 def compare(a: dict, b: dict, tol: float) -> dict:
-    """How two analyze JSONs of one file differ: segmentation, labels, largest probability gap."""
+    """How two analyze JSONs of one file differ: segmentation, top labels, largest probability gap
+    (fused and per modality)."""
     ua, ub = a["utterances"], b["utterances"]
     same_spans = len(ua) == len(ub) and all(
         (x["start_time"], x["end_time"], x["text"], x.get("speaker")) == (y["start_time"], y["end_time"], y["text"], y.get("speaker"))
         for x, y in zip(ua, ub))
-    label_diffs, gap = 0, 0.0
+    top_diffs, gap, per_modality_gap = 0, 0.0, {}
     for x, y in zip(ua, ub):
-        for key in ("emotions", "sentiments"):
-            label_diffs += [e["label"] for e in x[key]] != [e["label"] for e in y[key]]
+        top_diffs += any(x[key][:1] and y[key][:1] and x[key][0]["label"] != y[key][0]["label"]
+                         for key in ("emotions", "sentiments"))
         for key in ("emotion_probs", "sentiment_probs"):
-            px, py = x.get(key) or {}, y.get(key) or {}
+            px, py = _probs(x.get(key)) or {}, _probs(y.get(key)) or {}
             for k in set(px) | set(py):
-                gap = max(gap, abs(float(px.get(k, 0.0)) - float(py.get(k, 0.0))))
-        for m in set(x.get("per_modality") or {}) | set(y.get("per_modality") or {}):
-            mx, my = (x.get("per_modality") or {}).get(m, {}), (y.get("per_modality") or {}).get(m, {})
+                gap = max(gap, abs(px.get(k, 0.0) - py.get(k, 0.0)))
+        mods_x, mods_y = x.get("per_modality") or {}, y.get("per_modality") or {}
+        for m in set(mods_x) | set(mods_y):
             for task in ("emotion", "sentiment"):
-                if isinstance(mx.get(task), list) and isinstance(my.get(task), list):
-                    gap = max(gap, max(abs(p - q) for p, q in zip(mx[task], my[task])))
-                elif mx.get(task) != my.get(task):
-                    label_diffs += 1
-    return {"utterances": [len(ua), len(ub)], "same_segmentation": same_spans, "label_differences": label_diffs,
-            "max_probability_difference": round(gap, 7), "within_tolerance": same_spans and not label_diffs and gap <= tol,
-            "tolerance": tol}
+                px, py = _probs(mods_x.get(m, {}).get(task)), _probs(mods_y.get(m, {}).get(task))
+                if px is None or py is None:
+                    top_diffs += (px is None) != (py is None)  # a modality present in one run only
+                    continue
+                g = max(abs(px.get(k, 0.0) - py.get(k, 0.0)) for k in set(px) | set(py))
+                per_modality_gap[m] = round(max(per_modality_gap.get(m, 0.0), g), 7)
+    return {"utterances": [len(ua), len(ub)], "same_segmentation": same_spans, "top_label_differences": top_diffs,
+            "max_probability_difference": round(gap, 7), "max_difference_per_modality": per_modality_gap,
+            "within_tolerance": same_spans and not top_diffs and gap <= tol, "tolerance": tol}
 
 
 def top_imports(cmd: list[str], env: dict[str, str], n: int = 12) -> list[list]:

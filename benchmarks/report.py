@@ -511,8 +511,11 @@ def section_cold(sp: dict | None) -> str:
             verdict = ("the same JSON" if same.get("within_tolerance") else "**different JSON**")
             lines.append(f"- {secs} s: {a} → {b}: wall ×{L['speedup']} faster, CPU ×{L['cpu_ratio']} less; {verdict} "
                          f"({same.get('utterances', ['?'])[0]} utterances, same segmentation: "
-                         f"{same.get('same_segmentation')}, label differences: {same.get('label_differences')}, "
-                         f"largest probability difference {same.get('max_probability_difference')})")
+                         f"{same.get('same_segmentation')}, top-label differences: "
+                         f"{same.get('top_label_differences', same.get('label_differences'))}, largest probability "
+                         f"difference {same.get('max_probability_difference')}"
+                         + (f", per modality {same['max_difference_per_modality']}"
+                            if same.get("max_difference_per_modality") else "") + ")")
         out += lines + [""]
     target = sp["lengths"].get("60")
     if target:
@@ -544,6 +547,8 @@ def section_cold(sp: dict | None) -> str:
                 table(["run", "wall s", "CPU s", "peak RSS MB", "s per clip"],
                       [[t, bt[t]["wall_s"], bt[t]["cpu_s"], bt[t]["peak_rss_mb"], bt[t]["per_clip_s"]]
                        for t in trees if t in bt]), ""]
+        if bt.get("note"):
+            out += [f"(Folder run: {bt['note']}.)", ""]
     out += [machine_line("speed", sp), ""]
     return "\n".join(out)
 
