@@ -214,7 +214,7 @@ def compare(a: dict, b: dict, tol: float) -> dict:
         for x, y in zip(ua, ub))
     top_diffs, gap, per_modality_gap = 0, 0.0, {}
     for x, y in zip(ua, ub):
-        top_diffs += any(x[key][:1] and y[key][:1] and x[key][0]["label"] != y[key][0]["label"]
+        top_diffs += any([e["label"] for e in x[key][:1]] != [e["label"] for e in y[key][:1]]
                          for key in ("emotions", "sentiments"))
         for key in ("emotion_probs", "sentiment_probs"):
             px, py = _probs(x.get(key)) or {}, _probs(y.get(key)) or {}
@@ -227,11 +227,12 @@ def compare(a: dict, b: dict, tol: float) -> dict:
                 if px is None or py is None:
                     top_diffs += (px is None) != (py is None)  # a modality present in one run only
                     continue
-                g = max(abs(px.get(k, 0.0) - py.get(k, 0.0)) for k in set(px) | set(py))
+                g = max((abs(px.get(k, 0.0) - py.get(k, 0.0)) for k in set(px) | set(py)), default=0.0)
                 per_modality_gap[m] = round(max(per_modality_gap.get(m, 0.0), g), 7)
     return {"utterances": [len(ua), len(ub)], "same_segmentation": same_spans, "top_label_differences": top_diffs,
             "max_probability_difference": round(gap, 7), "max_difference_per_modality": per_modality_gap,
-            "within_tolerance": same_spans and not top_diffs and gap <= tol, "tolerance": tol}
+            "within_tolerance": same_spans and not top_diffs and max([gap, *per_modality_gap.values()]) <= tol,
+            "tolerance": tol}
 
 
 def top_imports(cmd: list[str], env: dict[str, str], n: int = 12) -> list[list]:

@@ -140,7 +140,7 @@ def test_iter_frames_streams_at_the_requested_rate(tmp_path):
     assert window == pytest.approx([2.0, 3.0, 4.0], abs=1e-6)
 
 
-def test_sampling_a_b_frame_file_skips_frames_but_keeps_times_and_content(tmp_path):
+def test_sampling_a_b_frame_file_skips_frames_but_keeps_times_and_content(tmp_path, monkeypatch):
     """Camera/x264 files have B-frames; sampling 2 of 30 frames a second skips decoding the ones no
     other frame refers to, and each sampled frame is still the one shown at its time (a few frames late
     at most)."""
@@ -158,8 +158,16 @@ def test_sampling_a_b_frame_file_skips_frames_but_keeps_times_and_content(tmp_pa
         out.mux(vs.encode())
     with av.open(str(path)) as c:  # the file really has frames nothing refers to
         assert c.streams.video[0].codec_context.has_b_frames
+    import mmva.io.media as media
+
+    decoded = []
+    frame_time = media._frame_time
+    monkeypatch.setattr(media, "_frame_time", lambda frame, fallback: decoded.append(1) or frame_time(frame, fallback))
     sampled = list(iter_frames(path, fps=2.0, max_side=width))
     assert len(sampled) == 6
+    assert len(decoded) < 0.8 * n  # frames nothing refers to were not decoded at all
+    decoded.clear()
+    assert len(list(iter_frames(path, fps=10.0, max_side=width))) == 30 and len(decoded) == n  # 1 in 3: all
     for target, (t, frame) in zip(np.arange(0, 3, 0.5), sampled):
         assert target - 1e-6 <= t <= target + 3 / fps
         bright = np.flatnonzero(frame.mean(axis=(0, 2)) > 150)

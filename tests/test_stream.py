@@ -35,8 +35,7 @@ def assert_same_utterances(live: list[dict[str, Any]], offline: list[dict[str, A
         # The same top emotion, unless the two are a near-tie (live cuts the audio a few tens of ms
         # apart from offline, which moves the voice part by a little): then within TIE of each other.
         top_a, top_b = a["emotions"][0]["label"], b["emotions"][0]["label"]
-        pa = {e["label"]: e["confidence"] for e in a["emotions"]}
-        pb = {e["label"]: e["confidence"] for e in b["emotions"]}
+        pa, pb = a["emotion_probs"], b["emotion_probs"]  # all seven classes
         assert top_a == top_b or (pa[top_a] - pa[top_b] <= TIE and pb[top_b] - pb[top_a] <= TIE), (
             a["text"], a["emotions"], b["emotions"])
         assert a["modalities"] == b["modalities"]

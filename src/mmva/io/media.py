@@ -490,6 +490,10 @@ def iter_frames(path: str | os.PathLike, fps: float = 2.0, max_side: int = 320,
         last_t: float | None = None
         try:
             for packet in container.demux(v):
+                if (skipping and last_t is not None and packet.pts is not None and packet.time_base is not None
+                        and float(packet.pts * packet.time_base) - last_t > step / 4 + 0.5):
+                    # packets run on with no frame coming out: too much was skipped (0.5 s: B-frame delay)
+                    v.codec_context.skip_frame, skipping, may_skip = "DEFAULT", False, False
                 try:
                     frames = packet.decode()
                 except av.FFmpegError:

@@ -350,6 +350,8 @@ class TextClassifier(nn.Module):
 # ONNX would need the `onnx` package to export and torch.export.load imports torch._dynamo (~9 s);
 # TorchScript is deprecated upstream but still in torch, so any failure falls back to the eager model.
 TRACE_FORMAT = "1"
+# Bases whose trace is tested against the eager model (tests/test_text_trace.py); others run eagerly.
+TRACED_BASES = ("all-MiniLM-L6-v2",)
 
 
 class _Tokenizer:
@@ -436,33 +438,37 @@ def trace_file(path: str | Path, cache_dir: str | Path | None = None) -> Path:
 
     path = Path(path)
     config = _read_model_file(path)[0]
+    from importlib.metadata import PackageNotFoundError, version
+
     base = _base_dir(config.base) / "model.safetensors"
+    stat = base.stat() if base.exists() else None
+    libs = []
+    for lib in ("transformers", "peft"):  # the eager model the trace is made from
+        try:
+            libs.append(version(lib))
+        except PackageNotFoundError:
+            libs.append("-")
     h = hashlib.sha256(path.read_bytes())
-    h.update(f"{config.base}|{base.stat().st_size if base.exists() else 0}|{torch.__version__}|{TRACE_FORMAT}".encode())
+    h.update("|".join([config.base, str(base.resolve()), str(stat.st_size if stat else 0),
+                       str(stat.st_mtime_ns if stat else 0), torch.__version__, *libs, TRACE_FORMAT]).encode())
     return Path(cache_dir or cache_root() / "text-traces") / f"{config.base}-{h.hexdigest()[:20]}.pt"
 
 
 def save_trace(model: TextClassifier, out: str | Path) -> Path:
-    """Trace a (merged, eager) classifier and write it atomically to ``out``."""
-    import os
-    import tempfile
+    """Trace a (merged, eager) classifier and write it atomically to ``out`` (readable by all, like
+    any cache file: :func:`mmva.io.storage.write_atomic`)."""
     import warnings
 
+    from mmva.io.storage import write_atomic
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     example = model.encode(["An example, to trace the model.", "Two"], [["Before it."], []])
     wrapper = _Logits(model.float()).eval()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TracerWarnings and the TorchScript deprecation notice
         traced = torch.jit.trace(wrapper, (example["input_ids"], example["attention_mask"],
                                            example["token_type_ids"]), check_trace=False)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".part")
-        os.close(fd)
-        try:
-            torch.jit.save(traced, tmp)
-            os.replace(tmp, out)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        write_atomic(out, lambda tmp: torch.jit.save(traced, tmp))
     return out
 
 
@@ -476,17 +482,20 @@ def load_for_inference(path: str | Path, cache_dir: str | Path | None = None) ->
     log = logging.getLogger(__name__)
     path = Path(path)
     try:
+        config, state, extra = _read_model_file(path)
+        if config.base not in TRACED_BASES:
+            return TextClassifier.load(path, merge=True)
         file = trace_file(path, cache_dir)
-    except (OSError, ValueError) as exc:
+        tokenizer = _Tokenizer(_base_dir(config.base))
+    except (OSError, ValueError, KeyError) as exc:
         log.info("text model trace not used: %s", exc)
         return TextClassifier.load(path, merge=True)
     if file.exists():
         try:
-            config, state, extra = _read_model_file(path)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
                 traced = torch.jit.load(str(file), map_location="cpu")
-            return TracedTextClassifier(config, traced, _Tokenizer(_base_dir(config.base)), state, extra).eval()
+            return TracedTextClassifier(config, traced, tokenizer, state, extra).eval()
         except Exception as exc:  # a corrupt or incompatible cache file: the eager model still works
             log.warning("%s: cached text model trace unreadable (%s); using the eager model", file, exc)
     model = TextClassifier.load(path, merge=True)
