@@ -76,8 +76,8 @@ fi
 # Speaker diarization: only the GE2E weights inside the resemblyzer wheel are used; --no-deps skips its
 # webrtcvad dependency, which needs a C compiler to build and is not used (pyproject's [diarize] extra).
 "$py" -m pip install -q --no-deps "resemblyzer>=0.1.4,<0.2"
-# Prepare the default text model's fast start now (a TorchScript trace in ~/.cache/mmva, ~90 MB), so the
-# first `mmva analyze` does not pay the transformers import; harmless if it fails (made on first use then).
+# Prepare the default text model's fast start now (its ONNX form in ~/.cache/mmva, ~90 MB), so the
+# first `mmva analyze` does not pay the torch/transformers imports; harmless if it fails (made on first use then).
 "$py" -c 'from mmva.model.default import load_default_model; load_default_model()' >/dev/null 2>&1 || true
 if [ -n "$in_env" ]; then
   echo "mmva installed: try 'mmva analyze --sample'"

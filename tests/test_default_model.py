@@ -78,7 +78,7 @@ def test_megabytes_of_text_cost_what_is_kept(model):
     whole = tc.encode(["Really?", big], [[big], ["a", big]])
     cut = tc.encode(["Really?", big[: tc.config.max_length * 101]], [[kept], ["a", kept]])
     for key in whole:
-        assert torch.equal(whole[key], cut[key]), key
+        assert np.array_equal(np.asarray(whole[key]), np.asarray(cut[key])), key
     started = time.perf_counter()
     tc.encode([f"text {i}" for i in range(512)], [[big]] * 512)
     assert time.perf_counter() - started < 5  # 0.2 s here; in full it was ~0.75 s per text

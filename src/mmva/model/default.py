@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from mmva.labels import EMOTIONS, SENTIMENTS, sentiment_of_emotion
 
@@ -61,6 +60,12 @@ def sentiment_from_emotion(probs: np.ndarray) -> np.ndarray:
     return EMOTION_TO_SENTIMENT @ np.asarray(probs, dtype=np.float64)
 
 
+def _softmax(z: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis (float64)."""
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
 def pool_log_linear(dists: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
     """Weighted geometric mean of distributions, weights normalised over the ones given.
 
@@ -78,8 +83,6 @@ class DefaultModel:
     """Text model + optional voice and face heads, fused by :func:`pool_log_linear`."""
 
     def __init__(self, path: str | Path | None = None) -> None:
-        from mmva.model.textclf import TextClassifier, load_for_inference
-
         self.path = Path(path) if path else default_model_dir()
         cfg_file = self.path / "config.json"
         if not cfg_file.exists():
@@ -89,12 +92,15 @@ class DefaultModel:
         self.fusion_weights = {**DEFAULT_FUSION_WEIGHTS, **self.config.get("fusion", {}).get("weights", {})}
         text_file = self.path / self.config["text_model"]
         # bf16 inference where the CPU computes it natively (a base-size encoder: ~3x faster there);
-        # otherwise the cached trace of the same model (no transformers import: seconds of a cold start)
+        # otherwise the model's cached ONNX form (mmva.model.text_onnx: no torch/transformers import,
+        # seconds of a cold start), made from the eager model on first use
         if self.config.get("text_bf16", False) and _cpu_has_bf16():
+            from mmva.model.textclf import TextClassifier
+
             self.text = TextClassifier.load(text_file, merge=True)
             self.text.bf16 = True
         else:
-            self.text = load_for_inference(text_file)
+            self.text = _fast_text(text_file)
         # A text model trained with the following utterances as context wants them (recorded media);
         # the analyze pipeline passes them only when this is true.
         # config "text_following": false keeps a model that can read them to the past only (measured
@@ -133,7 +139,7 @@ class DefaultModel:
             logits = self.text.predict_logits(
                 [texts[i] for i in keep], [list(contexts[i] or []) for i in keep] if contexts else None,
                 following=[list(following[i] or []) for i in keep] if following and self.uses_following else None)
-            probs = {task: torch.softmax(z, -1).numpy().astype(np.float64) for task, z in logits.items()}
+            probs = {task: _softmax(np.asarray(z, dtype=np.float64)) for task, z in logits.items()}
             for j, i in enumerate(keep):
                 out[i] = {task: p[j] for task, p in probs.items()}
         return out
@@ -316,12 +322,14 @@ class DefaultModel:
             })
         return results
 
-    def to(self, device: str | torch.device) -> "DefaultModel":
+    def to(self, device: Any) -> "DefaultModel":
         """Move the text model (the only torch part run here) to a device, e.g. "cuda"."""
-        from mmva.model.textclf import TextClassifier, TracedTextClassifier
+        from mmva.model.text_onnx import OnnxTextClassifier
 
-        if isinstance(self.text, TracedTextClassifier) and torch.device(device).type != "cpu":
-            # a trace may hold CPU constants: the eager model (same weights) goes to the accelerator
+        if isinstance(self.text, OnnxTextClassifier) and str(device) != "cpu":
+            # the ONNX form runs on the CPU: the eager model (same weights) goes to the accelerator
+            from mmva.model.textclf import TextClassifier
+
             self.text = TextClassifier.load(self.path / self.config["text_model"], merge=True)
         self.text.to(device)
         return self
@@ -381,6 +389,22 @@ class SpeakerFaces:
 
 
 @lru_cache(maxsize=1)
+def _fast_text(text_file: Path) -> Any:
+    """The text model's cached ONNX form when there is one (torch is not imported), else
+    :func:`mmva.model.textclf.load_for_inference` (the eager model, exporting the ONNX form)."""
+    try:
+        from mmva.model.text_onnx import load_onnx
+
+        fast = load_onnx(text_file)
+        if fast is not None:
+            return fast
+    except Exception as exc:  # an unreadable cached file: load_for_inference logs it and goes eager
+        logging.getLogger(__name__).debug("ONNX text model not loaded directly: %s", exc)
+    from mmva.model.textclf import load_for_inference
+
+    return load_for_inference(text_file)
+
+
 def _cpu_has_bf16() -> bool:
     """True on x86 CPUs with AMX or AVX512-BF16 (where bf16 matmuls are native, not emulated)."""
     try:

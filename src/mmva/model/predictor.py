@@ -32,13 +32,15 @@ import posixpath
 import threading
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
-import torch
 
 from mmva.io import storage
 from mmva.labels import EMOTIONS, MODALITIES, SENTIMENTS
+
+if TYPE_CHECKING:  # torch is imported where a checkpoint is used (the default model's text path needs none)
+    import torch
 
 log = logging.getLogger("mmva")
 
@@ -121,6 +123,8 @@ class CheckpointPredictor:
 
     def __init__(self, path: str | os.PathLike, device: str | torch.device = "cpu", *,
                  origin: str | None = None) -> None:
+        import torch
+
         from mmva.model.checkpoint import load_model
 
         self.path = str(path)
@@ -143,6 +147,8 @@ class CheckpointPredictor:
 
     def to(self, device: str | torch.device) -> "CheckpointPredictor":
         """Move the model to a device, e.g. "cuda"."""
+        import torch
+
         self.device = torch.device(device)
         self.model.to(self.device)
         return self
@@ -173,6 +179,8 @@ class CheckpointPredictor:
 
         An utterance with no usable modality gets uniform distributions and no modalities.
         """
+        import torch
+
         from mmva.data import collate_batch
         from mmva.train.task import predict_batch
 
@@ -247,6 +255,8 @@ def _resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
 
 
 def _to_device(value: Any, device: torch.device) -> Any:
+    import torch
+
     if isinstance(value, torch.Tensor):
         return value.to(device)
     if isinstance(value, dict):
@@ -368,6 +378,8 @@ def load_predictor(model: Any = None, device: str = "cpu", *, face_detector: str
 
 def _device_name(device: str) -> str:
     if device == "auto":
+        import torch
+
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
 

@@ -1,0 +1,124 @@
+"""The default text model without torch or transformers at start-up: its ONNX form, cached.
+
+Why: importing torch, transformers and peft costs several seconds of every cold command on a small
+machine (issue 15: `mmva analyze-text` of one sentence took 4-7 s here, nearly all imports), while the
+merged MiniLM runs in milliseconds. The first process that loads a model file exports the eager model
+(base + LoRA folded in + heads; the calibration stays outside, read from the model file) to ONNX with
+torch's exporter and keeps it in ``$MMVA_CACHE/text-onnx/``; later processes run it with onnxruntime
+(already a dependency, through faster-whisper) and the `tokenizers` library: the same logits
+(tests/test_text_trace.py compares them with the eager model), no torch import.
+
+Only the bases whose export is tested (:data:`ONNX_BASES`) take this path; any failure to export or
+read falls back to the eager model (:func:`mmva.model.textclf.load_for_inference`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from mmva.model.textprep import TextClassifierConfig, base_dir, by_length, encode_arrays
+
+ONNX_FORMAT = "1"
+# Bases whose ONNX form is tested against the eager model; others always run eagerly.
+ONNX_BASES = ("all-MiniLM-L6-v2",)
+
+
+def _version(lib: str) -> str:
+    try:
+        return version(lib)
+    except PackageNotFoundError:
+        return "-"
+
+
+def onnx_file(path: str | Path, config: TextClassifierConfig, cache_dir: str | Path | None = None) -> Path:
+    """Where the ONNX form of the model file ``path`` is (or would be) cached: one file per model
+    file content, base weights (path, size, time), exporting libraries and format."""
+    from mmva.encoders.weights import cache_root
+
+    path = Path(path)
+    base = base_dir(config.base) / "model.safetensors"
+    stat = base.stat() if base.exists() else None
+    h = hashlib.sha256(path.read_bytes())
+    h.update("|".join([config.base, str(base.resolve()), str(stat.st_size if stat else 0),
+                       str(stat.st_mtime_ns if stat else 0), *(_version(lib) for lib in ("torch", "transformers", "peft")),
+                       ONNX_FORMAT]).encode())
+    return Path(cache_dir or cache_root() / "text-onnx") / f"{config.base}-{h.hexdigest()[:20]}.onnx"
+
+
+class OnnxTextClassifier:
+    """Inference-only twin of :class:`mmva.model.textclf.TextClassifier` over an ONNX session:
+    ``encode``, ``predict_logits`` (NumPy arrays) and ``calibrate`` with the same results."""
+
+    bf16 = False
+
+    def __init__(self, config: TextClassifierConfig, file: Path, tokenizer: Any, state: dict[str, np.ndarray],
+                 extra: dict[str, Any], threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        self.config = config
+        self.tokenizer = tokenizer
+        self.extra = extra
+        self.file = file
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or min(os.cpu_count() or 1, 4)
+        options.log_severity_level = 3  # errors only
+        self.session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
+        self._inputs = {i.name for i in self.session.get_inputs()}
+        self._lock = threading.Lock()  # one run at a time: the server may analyse in threads
+        self.temperature = {task: float(np.asarray(state[f"temperature_{task}"]).reshape(-1)[0])
+                            for task in config.labels}
+        self.bias = {task: np.asarray(state[f"bias_{task}"], np.float32) for task in config.labels}
+
+    def encode(self, texts: Sequence[str], contexts: Sequence[Sequence[str]] | None = None,
+               following: Sequence[Sequence[str]] | None = None) -> dict[str, np.ndarray]:
+        return encode_arrays(self.tokenizer, self.config, texts, contexts, following)
+
+    def forward(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Raw logits per task of an encoded batch."""
+        with self._lock:
+            outs = self.session.run(None, {k: v for k, v in batch.items() if k in self._inputs})
+        return dict(zip(self.config.labels, outs))
+
+    def calibrate(self, logits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The fitted temperature and per-class bias: ``logits / T + b``."""
+        return {task: z / self.temperature[task] + self.bias[task] for task, z in logits.items()}
+
+    def predict_logits(self, texts: Sequence[str], contexts: Sequence[Sequence[str]] | None = None,
+                       batch_size: int = 64, calibrated: bool = True,
+                       following: Sequence[Sequence[str]] | None = None) -> dict[str, np.ndarray]:
+        """Logits ``{"emotion": (n, 7), "sentiment": (n, 3)}`` for many texts, batched by length."""
+        def run(idx: list[int]) -> dict[str, np.ndarray]:
+            z = self.forward(self.encode([texts[i] for i in idx], [contexts[i] for i in idx] if contexts else None,
+                                         [following[i] for i in idx] if following else None))
+            return self.calibrate(z) if calibrated else z
+
+        return by_length(texts, batch_size, run, {task: len(labels) for task, labels in self.config.labels.items()})
+
+    def to(self, device: Any) -> "OnnxTextClassifier":
+        if str(device) != "cpu":
+            raise ValueError("the ONNX text model runs on the CPU; load the eager model for an accelerator")
+        return self
+
+    def eval(self) -> "OnnxTextClassifier":
+        return self
+
+
+def load_onnx(path: str | Path, cache_dir: str | Path | None = None) -> OnnxTextClassifier | None:
+    """The cached ONNX form of the model file ``path``, or None when there is none (or its base is not
+    one of :data:`ONNX_BASES`). An unreadable cached file raises."""
+    from mmva.model.textprep import FastTokenizer, read_model_file
+
+    config, state, extra = read_model_file(path)
+    if config.base not in ONNX_BASES:
+        return None
+    file = onnx_file(path, config, cache_dir)
+    if not file.exists():
+        return None
+    return OnnxTextClassifier(config, file, FastTokenizer(base_dir(config.base)), state, extra)
