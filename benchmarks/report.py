@@ -516,6 +516,12 @@ def section_cold(sp: dict | None) -> str:
                          f"difference {same.get('max_probability_difference')}"
                          + (f", per modality {same['max_difference_per_modality']}"
                             if same.get("max_difference_per_modality") else "") + ")")
+        for secs, L in sp["lengths"].items():
+            same = L.get("same_output_same_models")
+            if same:
+                lines.append(f"- {secs} s, the same model files in both trees ({same.get('note', '')}): top-label "
+                             f"differences {same['top_label_differences']}, per modality "
+                             f"{same['max_difference_per_modality']}, fused {same['max_probability_difference']}")
         out += lines + [""]
     target = sp["lengths"].get("60")
     if target:
