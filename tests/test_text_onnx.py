@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mmva.model.default import default_model_dir
-from mmva.model.text_onnx import OnnxTextClassifier, onnx_file
+from mmva.model.text_onnx import OnnxTextClassifier, onnx_file, prune
 from mmva.model.textclf import TextClassifier, load_for_inference, read_model_file
 
 MODEL = default_model_dir() / "text_model.safetensors"
@@ -93,3 +93,20 @@ def test_a_second_process_imports_neither_torch_nor_transformers(tmp_path: Path)
     first, second = (r.stdout.split() for r in runs)
     assert first[:2] == second[:2]  # the same top emotion and sentiment
     assert first[2:] == ["True", "True"] and second[2:] == ["False", "False"]
+
+
+def test_onnx_files_unused_for_a_month_are_removed(tmp_path: Path) -> None:
+    import time
+
+    old, recent = tmp_path / "all-MiniLM-L6-v2-old.onnx", tmp_path / "all-MiniLM-L6-v2-recent.onnx"
+    for f in (old, recent):
+        f.write_bytes(b"x")
+    month_ago = time.time() - 31 * 86400
+    os.utime(old, (month_ago, month_ago))
+    load_for_inference(MODEL, cache_dir=tmp_path)  # writes this model's file, then prunes
+    assert not old.exists() and recent.exists() and _file(MODEL, tmp_path).exists()
+    kept = _file(MODEL, tmp_path)
+    os.utime(kept, (month_ago, month_ago))
+    load_for_inference(MODEL, cache_dir=tmp_path)  # loading it refreshes its time
+    assert kept.stat().st_mtime > month_ago + 86400
+    assert prune(kept) == []

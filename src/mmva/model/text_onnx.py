@@ -52,6 +52,23 @@ def onnx_file(path: str | Path, config: TextClassifierConfig, cache_dir: str | P
     return Path(cache_dir or cache_root() / "text-onnx") / f"{config.base}-{h.hexdigest()[:20]}.onnx"
 
 
+STALE_DAYS = 30
+
+
+def prune(kept: Path, days: float = STALE_DAYS) -> list[Path]:
+    """Remove the other ONNX files of ``kept``'s folder not used for ``days`` (each is ~90 MB: one per
+    model file and library versions ever loaded). A file's time is refreshed whenever it is loaded."""
+    import time
+
+    cutoff = time.time() - days * 86400
+    gone = []
+    for other in Path(kept).parent.glob("*.onnx"):
+        if other != Path(kept) and other.stat().st_mtime < cutoff:
+            other.unlink(missing_ok=True)
+            gone.append(other)
+    return gone
+
+
 class OnnxTextClassifier:
     """Inference-only twin of :class:`mmva.model.textclf.TextClassifier` over an ONNX session:
     ``encode``, ``predict_logits`` (NumPy arrays) and ``calibrate`` with the same results."""
@@ -121,4 +138,9 @@ def load_onnx(path: str | Path, cache_dir: str | Path | None = None) -> OnnxText
     file = onnx_file(path, config, cache_dir)
     if not file.exists():
         return None
-    return OnnxTextClassifier(config, file, FastTokenizer(base_dir(config.base)), state, extra)
+    model = OnnxTextClassifier(config, file, FastTokenizer(base_dir(config.base)), state, extra)
+    try:
+        os.utime(file)  # in use: :func:`prune` keeps it
+    except OSError:  # a read-only cache still serves
+        pass
+    return model

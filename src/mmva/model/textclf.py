@@ -279,6 +279,7 @@ def load_for_inference(path: str | Path, cache_dir: str | Path | None = None) ->
     if file is not None:
         try:
             save_onnx(model, file)
+            text_onnx.prune(file)
         except Exception as exc:  # e.g. a read-only cache or no `onnx` package: this process has the eager model
             log.warning("could not cache the text model's ONNX form in %s: %s", file, exc)
     return model
