@@ -6,7 +6,7 @@ merged MiniLM runs in milliseconds. The first process that loads a model file ex
 (base + LoRA folded in + heads; the calibration stays outside, read from the model file) to ONNX with
 torch's exporter and keeps it in ``$MMVA_CACHE/text-onnx/``; later processes run it with onnxruntime
 (already a dependency, through faster-whisper) and the `tokenizers` library: the same logits
-(tests/test_text_trace.py compares them with the eager model), no torch import.
+(tests/test_text_onnx.py compares them with the eager model), no torch import.
 
 Only the bases whose export is tested (:data:`ONNX_BASES`) take this path; any failure to export or
 read falls back to the eager model (:func:`mmva.model.textclf.load_for_inference`).
