@@ -388,7 +388,6 @@ class SpeakerFaces:
         return float(x), float(y)
 
 
-@lru_cache(maxsize=1)
 def _fast_text(text_file: Path) -> Any:
     """The text model's cached ONNX form when there is one (torch is not imported), else
     :func:`mmva.model.textclf.load_for_inference` (the eager model, exporting the ONNX form)."""
@@ -405,6 +404,7 @@ def _fast_text(text_file: Path) -> Any:
     return load_for_inference(text_file)
 
 
+@lru_cache(maxsize=1)
 def _cpu_has_bf16() -> bool:
     """True on x86 CPUs with AMX or AVX512-BF16 (where bf16 matmuls are native, not emulated)."""
     try:
