@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from mmva.model.default import default_model_dir
-from mmva.model.text_onnx import OnnxTextClassifier, onnx_file, prune
-from mmva.model.textclf import TextClassifier, load_for_inference, read_model_file
+from mmva.model.text_onnx import OnnxTextClassifier, load_for_inference, onnx_file, prune
+from mmva.model.textclf import TextClassifier
+from mmva.model.textprep import read_model_file
 
 MODEL = default_model_dir() / "text_model.safetensors"
 TEXTS = ["I love it!", "This is terrible, I hate it.", "Wh\u2019at?? " * 60, "ok",

@@ -100,7 +100,9 @@ class DefaultModel:
             self.text = TextClassifier.load(text_file, merge=True)
             self.text.bf16 = True
         else:
-            self.text = _fast_text(text_file)
+            from mmva.model.text_onnx import load_for_inference
+
+            self.text = load_for_inference(text_file)
         # A text model trained with the following utterances as context wants them (recorded media);
         # the analyze pipeline passes them only when this is true.
         # config "text_following": false keeps a model that can read them to the past only (measured
@@ -386,22 +388,6 @@ class SpeakerFaces:
             return None
         x, y = np.median(np.asarray(centres), axis=0)
         return float(x), float(y)
-
-
-def _fast_text(text_file: Path) -> Any:
-    """The text model's cached ONNX form when there is one (torch is not imported), else
-    :func:`mmva.model.textclf.load_for_inference` (the eager model, exporting the ONNX form)."""
-    try:
-        from mmva.model.text_onnx import load_onnx
-
-        fast = load_onnx(text_file)
-        if fast is not None:
-            return fast
-    except Exception as exc:  # an unreadable cached file: load_for_inference logs it and goes eager
-        logging.getLogger(__name__).debug("ONNX text model not loaded directly: %s", exc)
-    from mmva.model.textclf import load_for_inference
-
-    return load_for_inference(text_file)
 
 
 @lru_cache(maxsize=1)

@@ -9,12 +9,13 @@ torch's exporter and keeps it in ``$MMVA_CACHE/text-onnx/``; later processes run
 (tests/test_text_onnx.py compares them with the eager model), no torch import.
 
 Only the bases whose export is tested (:data:`ONNX_BASES`) take this path; any failure to export or
-read falls back to the eager model (:func:`mmva.model.textclf.load_for_inference`).
+read falls back to the eager model (:func:`load_for_inference`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 from importlib.metadata import PackageNotFoundError, version
@@ -25,6 +26,7 @@ import numpy as np
 
 from mmva.model.textprep import TextClassifierConfig, base_dir, by_length, encode_arrays
 
+log = logging.getLogger(__name__)
 ONNX_FORMAT = "1"
 # Bases whose ONNX form is tested against the eager model; others always run eagerly.
 ONNX_BASES = ("all-MiniLM-L6-v2",)
@@ -127,20 +129,37 @@ class OnnxTextClassifier:
         return self
 
 
-def load_onnx(path: str | Path, cache_dir: str | Path | None = None) -> OnnxTextClassifier | None:
-    """The cached ONNX form of the model file ``path``, or None when there is none (or its base is not
-    one of :data:`ONNX_BASES`). An unreadable cached file raises."""
+def load_for_inference(path: str | Path, cache_dir: str | Path | None = None) -> Any:
+    """The model file ``path`` ready for inference, loaded the fastest way that gives the same logits:
+    its cached ONNX form when there is one (:class:`OnnxTextClassifier`: torch, transformers and peft
+    are not imported); otherwise the eager :class:`mmva.model.textclf.TextClassifier`, whose ONNX form
+    is then written for the next process. A file that cannot be written or read is logged and skipped."""
     from mmva.model.textprep import FastTokenizer, read_model_file
 
-    config, state, extra = read_model_file(path)
-    if config.base not in ONNX_BASES:
-        return None
-    file = onnx_file(path, config, cache_dir)
-    if not file.exists():
-        return None
-    model = OnnxTextClassifier(config, file, FastTokenizer(base_dir(config.base)), state, extra)
+    path = Path(path)
     try:
-        os.utime(file)  # in use: :func:`prune` keeps it
-    except OSError:  # a read-only cache still serves
-        pass
-    return model
+        config, state, extra = read_model_file(path)
+        file = onnx_file(path, config, cache_dir) if config.base in ONNX_BASES else None
+    except (OSError, ValueError, KeyError) as exc:  # e.g. base weights missing: the eager load says so
+        log.info("%s: no ONNX form (%s)", path, exc)
+        file = None
+    if file is not None and file.exists():
+        try:
+            model = OnnxTextClassifier(config, file, FastTokenizer(base_dir(config.base)), state, extra)
+            try:
+                os.utime(file)  # in use: :func:`prune` keeps it
+            except OSError:  # a read-only cache still serves
+                pass
+            return model
+        except Exception as exc:  # a corrupt cached file, missing tokenizer files: rewritten below
+            log.warning("%s: cached ONNX form of %s unreadable (%s); using the eager model", file, path, exc)
+    from mmva.model.textclf import TextClassifier, save_onnx
+
+    eager = TextClassifier.load(path, merge=True)
+    if file is not None:
+        try:
+            save_onnx(eager, file)
+            prune(file)
+        except Exception as exc:  # e.g. a read-only cache or no `onnx` package: this process has the eager model
+            log.warning("could not cache the text model's ONNX form in %s: %s", file, exc)
+    return eager

@@ -28,10 +28,8 @@ from torch import nn
 
 from mmva.model.textprep import (  # noqa: F401  (re-exported: the classifier's torch-free half)
     ARCHITECTURE, BASES, FORMAT_VERSION, MPNET_TARGETS, TextClassifierConfig, base_dir,
-    by_length, encode_arrays, normalize_text, read_model_file,
+    by_length, encode_arrays, normalize_text,
 )
-
-_base_dir = base_dir
 
 
 class TextClassifier(nn.Module):
@@ -57,7 +55,7 @@ class TextClassifier(nn.Module):
         """Fresh classifier over the offline MiniLM weights, with an untrained LoRA adapter."""
         from transformers import AutoModel, AutoTokenizer
 
-        base = _base_dir(config.base)
+        base = base_dir(config.base)
         from transformers.utils import logging as hf_logging
 
         tokenizer = AutoTokenizer.from_pretrained(str(base))
@@ -215,7 +213,7 @@ class TextClassifier(nn.Module):
             getattr(self, f"bias_{task}").copy_(state[f"bias_{task}"])
 
 
-# -- inference without torch, transformers and peft at start-up (mmva.model.text_onnx) --------------
+# -- the ONNX form (mmva.model.text_onnx.load_for_inference): inference without torch at start-up --
 class _Logits(nn.Module):
     """What is exported: the eager classifier's raw logits as a tuple in label order."""
 
@@ -249,37 +247,3 @@ def save_onnx(model: TextClassifier, out: str | Path) -> Path:
                               dynamo=False)
 
     return Path(write_atomic(out, export))
-
-
-def load_for_inference(path: str | Path, cache_dir: str | Path | None = None) -> Any:
-    """The model file ``path`` ready for inference, loaded the fastest way that gives the same logits:
-    its cached ONNX form when there is one (:class:`mmva.model.text_onnx.OnnxTextClassifier`: no torch,
-    transformers or peft import needed); otherwise the eager model, whose ONNX form is then written
-    for the next process. A file that cannot be written or read is logged and skipped."""
-    import logging
-
-    from mmva.model import text_onnx
-
-    log = logging.getLogger(__name__)
-    path = Path(path)
-    try:
-        config = read_model_file(path)[0]
-        file = text_onnx.onnx_file(path, config, cache_dir) if config.base in text_onnx.ONNX_BASES else None
-    except (OSError, ValueError, KeyError) as exc:  # e.g. base weights missing: the eager load says so
-        log.info("%s: no ONNX form (%s)", path, exc)
-        file = None
-    if file is not None:
-        try:
-            fast = text_onnx.load_onnx(path, cache_dir)
-            if fast is not None:
-                return fast
-        except Exception as exc:  # a corrupt cached file, missing tokenizer files: rewritten below
-            log.warning("%s: cached ONNX form of %s unreadable (%s); using the eager model", file, path, exc)
-    model = TextClassifier.load(path, merge=True)
-    if file is not None:
-        try:
-            save_onnx(model, file)
-            text_onnx.prune(file)
-        except Exception as exc:  # e.g. a read-only cache or no `onnx` package: this process has the eager model
-            log.warning("could not cache the text model's ONNX form in %s: %s", file, exc)
-    return model
