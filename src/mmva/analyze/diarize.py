@@ -6,7 +6,8 @@ Steps (the usual embedding-clustering recipe, e.g. Wang et al. 2018, "Speaker di
 2. a GE2E speaker embedding per window (:mod:`mmva.encoders.speaker`, resemblyzer's weights);
 3. segments: up to 3 consecutive windows of one region (about 3 s), their embeddings averaged (a
    voice varies with what is said and how; the average is steadier than one window);
-4. scikit-learn's agglomerative clustering of the segments (cosine distance, average linkage): with
+4. agglomerative clustering of the segments (cosine distance, average linkage; :mod:`mmva.analyze.linkage`,
+   the same result as scikit-learn's without its import cost): with
    the number of speakers given, that many clusters; otherwise clusters closer than ``threshold``
    merge, clusters with too little speech are absorbed by the nearest speaker, and the count is
    kept within ``min_speakers``/``max_speakers``;
@@ -133,19 +134,17 @@ def cluster(embeddings: np.ndarray, options: DiarizeOptions, seconds: np.ndarray
     minimum-speech rule. ``several``: whether more than one voice is heard, when the caller knows
     better (from finer windows); None decides from ``embeddings`` with ``options.threshold``.
     """
-    from sklearn.cluster import AgglomerativeClustering
+    from mmva.analyze.linkage import average_linkage, cut
 
     n = len(embeddings)
     if n == 0:
         return np.zeros(0, int)
     if n == 1:
         return np.zeros(1, int)
+    tree = average_linkage(embeddings)
 
     def fixed(k: int) -> np.ndarray:
-        k = max(1, min(k, n))
-        if k == 1:
-            return np.zeros(n, int)
-        return AgglomerativeClustering(n_clusters=k, metric="cosine", linkage="average").fit_predict(embeddings)
+        return cut(tree, n_clusters=max(1, min(k, n)))
 
     if options.speakers is not None:
         return _first_appearance(fixed(options.speakers))
@@ -170,25 +169,25 @@ MAX_AUTO = 8  # the most speakers found automatically (without --speakers or --m
 def count_voices(embeddings: np.ndarray, options: DiarizeOptions, seconds: np.ndarray) -> int:
     """Voices in ``embeddings`` by the distance threshold (average linkage), clusters with less than
     ``min_speaker_time`` of speech not counted."""
-    from sklearn.cluster import AgglomerativeClustering
+    from mmva.analyze.linkage import average_linkage, cut
 
     if len(embeddings) < 2:
         return len(embeddings)
-    labels = AgglomerativeClustering(n_clusters=None, distance_threshold=options.threshold, metric="cosine",
-                                     linkage="average").fit_predict(embeddings)
+    labels = cut(average_linkage(embeddings), distance_threshold=options.threshold)
     return len(np.unique(_absorb_small(embeddings, labels, seconds, options.min_speaker_time)))
 
 
 def _best_by_silhouette(emb: np.ndarray, lo: int, hi: int, fixed: Any) -> tuple[int, np.ndarray]:
-    from sklearn.metrics import silhouette_score
+    from mmva.analyze.linkage import cosine_distances, silhouette_score
 
+    distances = cosine_distances(emb)
     best: tuple[float, int, np.ndarray] | None = None
     for k in range(lo, max(lo, hi) + 1):
         labels = fixed(k)
         if len(np.unique(labels)) < 2 or len(np.unique(labels)) >= len(emb):
             score = -1.0
         else:
-            score = float(silhouette_score(emb, labels, metric="cosine"))
+            score = silhouette_score(distances, labels)
         if best is None or score > best[0]:
             best = (score, k, labels)
     assert best is not None
@@ -307,12 +306,10 @@ class Diarizer:
         self.n_speakers = 0
 
     def warm_up(self) -> None:
-        """Embed one second of a tone and cluster: the first call's imports and set-up (librosa's
-        mel filters, the LSTM, scikit-learn) happen here, e.g. in a loading thread, not on the
-        first recording."""
+        """Embed one second of a tone: the first call's imports and set-up (the mel filters, the
+        LSTM) happen here, e.g. in a loading thread, not on the first recording."""
         tone = (0.1 * np.sin(2 * np.pi * 160 * np.arange(16000) / 16000)).astype(np.float32)
         self.encoder.embed_windows(tone, [(0.0, 1.0)])
-        import sklearn.cluster  # noqa: F401  (clustering imports it on first use)
 
     def track(self, audio: np.ndarray, regions: Sequence[tuple[float, float]]) -> SpeakerTrack:
         """Speakers of the voice ``regions`` (seconds into ``audio``, 16 kHz mono)."""
