@@ -76,9 +76,12 @@ fi
 # Speaker diarization: only the GE2E weights inside the resemblyzer wheel are used; --no-deps skips its
 # webrtcvad dependency, which needs a C compiler to build and is not used (pyproject's [diarize] extra).
 "$py" -m pip install -q --no-deps "resemblyzer>=0.1.4,<0.2"
-# Prepare the default text model's fast start now (its ONNX form in ~/.cache/mmva, ~90 MB), so the
-# first `mmva analyze` does not pay the torch/transformers imports; harmless if it fails (made on first use then).
+# Prepare the default analysis's fast start now: the ONNX forms of the text model (~90 MB), the face
+# network and the speaker encoder in ~/.cache/mmva, so the first `mmva analyze` does not pay the
+# torch/transformers imports; harmless if it fails (each is made on first use then).
 "$py" -c 'from mmva.model.default import load_default_model; load_default_model()' >/dev/null 2>&1 || true
+"$py" -c 'from mmva.encoders.face import shared_head; shared_head()' >/dev/null 2>&1 || true
+"$py" -c 'from mmva.encoders.speaker import load_speaker_encoder; load_speaker_encoder()' >/dev/null 2>&1 || true
 if [ -n "$in_env" ]; then
   echo "mmva installed: try 'mmva analyze --sample'"
 else

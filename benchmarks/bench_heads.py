@@ -123,7 +123,7 @@ def _fer_meld(net_kind: str, images: np.ndarray) -> np.ndarray:
     probs = []
     for s in range(0, len(crops), 256):
         p, _ = head.classify(crops[s: s + 256])
-        probs.append(p.numpy())
+        probs.append(p)
     return np.concatenate(probs)
 
 
@@ -162,7 +162,7 @@ def bench_face(args: argparse.Namespace) -> dict:
         out["ferplus_test"][kind] = _scores(_fer_meld(kind, images), labels)
         crops = np.stack([crop_face(im, b[0], margin=head.margin, size=head.size)
                           for im, b in zip(j["images"], boxes) if b])
-        probs = np.concatenate([head.classify(crops[s: s + 64])[0].numpy() for s in range(0, len(crops), 64)])
+        probs = np.concatenate([head.classify(crops[s: s + 64])[0] for s in range(0, len(crops), 64)])
         out["jaffe"][kind] = _scores(probs, jl[found])
         out["jaffe"][kind]["note"] = "faces the detector missed are left out (see detection)"
     out["detection"] = bench_detection(args.jaffe)

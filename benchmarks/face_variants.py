@@ -35,7 +35,7 @@ def _classify(head, crops, eq: bool = False) -> np.ndarray:
                       for c in crops])
     if eq:
         crops = np.stack([cv2.equalizeHist(c) for c in crops])
-    return np.concatenate([head.classify(crops[s:s + 256])[0].numpy() for s in range(0, len(crops), 256)])
+    return np.concatenate([head.classify(crops[s:s + 256])[0] for s in range(0, len(crops), 256)])
 
 
 def _landmarks(images: np.ndarray) -> list:

@@ -203,6 +203,11 @@ class _Models:
     in every variant that loaded torch models in a thread while the ASR ran), torch's convolutions
     and LSTM ran several times slower for the rest of the process (a cold 60 s analysis: 55 s of CPU
     instead of 26 s on 2 cores; the cause, likely two OpenMP runtimes, was not traced further).
+    The default model's networks no longer run on torch when their ONNX forms are cached (face,
+    speaker encoder, text: :mod:`mmva.model.onnx_cache`); onnxruntime, on one intra-op thread of its
+    own pool, ran them as fast after the ASR model was loaded and run as before it (8 face crops
+    34.7 vs 34.6 ms, GE2E on 10 s 55.5 vs 56.4 ms, while torch's GE2E went from 57 to 86 ms). The
+    order stays for checkpoints and cold caches, which still load torch.
     """
 
     def __init__(self, model: Any, device: str, opts: AnalyzeOptions, has_audio: bool, problems: list[str],

@@ -3,7 +3,7 @@
 from mmva.encoders import reference  # noqa: F401
 
 # Optional encoders register themselves when their module imports cleanly.
-for _module in ("mmva.encoders.text", "mmva.encoders.face", "mmva.encoders.prosody"):
+for _module in ("mmva.encoders.text", "mmva.encoders.face_xception", "mmva.encoders.prosody"):
     try:
         __import__(_module)
     except ModuleNotFoundError as _exc:  # module not written yet or optional dependency missing

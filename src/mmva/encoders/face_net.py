@@ -14,15 +14,15 @@ dropped (renormalised away) when the probabilities are mapped to MELD order.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-FERPLUS_LABELS: tuple[str, ...] = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
-                                   "contempt")
-# MELD order (anger, disgust, fear, joy, neutral, sadness, surprise) as columns of the FER+ output.
-FERPLUS_TO_MELD: tuple[int, ...] = (4, 5, 6, 1, 0, 3, 2)
-INPUT_SIZE = 48
+from mmva.encoders.face import FACE_NET_INPUT, FERPLUS_LABELS, FERPLUS_TO_MELD
+
+# The labels and input size live in the torch-free mmva.encoders.face (which runs this network's ONNX form).
+INPUT_SIZE = FACE_NET_INPUT
 WIDTHS = (32, 64, 128, 256)
 
 
@@ -65,3 +65,41 @@ def to_meld(probs: torch.Tensor) -> torch.Tensor:
     """FER+ probabilities ``(..., 8)`` -> MELD-ordered ``(..., 7)``, contempt's share renormalised away."""
     p = probs[..., list(FERPLUS_TO_MELD)]
     return p / p.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def load_face_net(path: str | Path) -> FaceNet:
+    """The network of a ``mmva-face-net`` safetensors file, in eval mode, float32."""
+    from safetensors.torch import load_file
+
+    net = FaceNet()
+    net.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+    return net.eval()
+
+
+def mirror_logits(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean logits of crops ``x`` and of their mirror images (as training's scores), and the
+    embeddings of ``x``."""
+    logits, emb = net(x)
+    logits2, _ = net(torch.flip(x, dims=[-1]))
+    return (logits + logits2) / 2, emb
+
+
+class _Mirror(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return mirror_logits(self.net, x)
+
+
+def save_onnx(net: FaceNet, out: str | Path) -> Path:
+    """Export :func:`mirror_logits` of ``net`` to ONNX at ``out`` (atomically): input ``crops``
+    ``(batch, 1, 48, 48)`` float raw grey levels, outputs ``logits`` ``(batch, 8)`` and ``embedding``
+    ``(batch, 256)``; dynamic batch."""
+    from mmva.model.onnx_cache import export_module
+
+    example = torch.rand(2, 1, INPUT_SIZE, INPUT_SIZE) * 255
+    return export_module(_Mirror(net.float().eval()).eval(), (example,), out, ["crops"], ["logits", "embedding"],
+                         {"crops": {0: "batch"}, "logits": {0: "batch"}, "embedding": {0: "batch"}})
+

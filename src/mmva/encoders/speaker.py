@@ -10,6 +10,11 @@ SciPy), none of which the encoder itself needs. Hence ``pip install --no-deps re
 (``install.sh`` does it). The network and its mel front end below are resemblyzer's
 ``VoiceEncoder`` and ``wav_to_mel_spectrogram`` with its hyper-parameters.
 
+This module imports no torch: the network (:class:`mmva.encoders.speaker_net.SpeakerEncoder`) runs
+from its ONNX form, exported once into ``$MMVA_CACHE/speaker-onnx/`` (:mod:`mmva.model.onnx_cache`;
+torch is imported only for that export, or when the file can be neither read nor written) and run
+with onnxruntime.
+
 >>> enc = load_speaker_encoder()                         # doctest: +SKIP
 >>> enc.embed_windows(audio_16k, [(0.0, 1.6), (1.6, 3.2)]).shape   # doctest: +SKIP
 (2, 256)
@@ -18,16 +23,17 @@ SciPy), none of which the encoder itself needs. Hence ``pip install --no-deps re
 from __future__ import annotations
 
 import importlib.util
+import logging
 import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
 from mmva.encoders.weights import WeightsNotFound
+
+log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 N_MELS = 40
@@ -37,6 +43,7 @@ WINDOW_FRAMES = 160  # 1.6 s: the partial-utterance length the encoder was train
 EMBED_DIM = 256
 TARGET_DBFS = -30.0  # resemblyzer's volume normalisation target
 INSTALL_HINT = "pip install --no-deps 'resemblyzer>=0.1.4,<0.2' (install.sh does it)"
+ONNX_FORMAT = "1"  # bump when the exported graph changes (its cached files are then made again)
 
 
 def resemblyzer_weights() -> Path:
@@ -79,57 +86,84 @@ def normalise_volume(audio: np.ndarray, target_dbfs: float = TARGET_DBFS) -> np.
     return (audio * (10 ** (target_dbfs / 20) / rms)).astype(np.float32)
 
 
-class SpeakerEncoder(nn.Module):
-    """GE2E: LSTM(40 -> 256, 3 layers) -> last hidden state -> linear -> ReLU -> unit length."""
+def speaker_windows(audio: np.ndarray, spans: Sequence[tuple[float, float]]) -> np.ndarray:
+    """The network's input for ``spans`` (seconds) of one 16 kHz recording: ``(n, 160, 40)`` float32
+    power mel frames, each window scaled as if its audio were volume-normalised.
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.lstm = nn.LSTM(N_MELS, 256, 3, batch_first=True)
-        self.linear = nn.Linear(256, EMBED_DIM)
-        self._lock = threading.Lock()  # one forward at a time: the server analyses in threads
+    A span shorter than 1.6 s has its mel frames repeated to 1.6 s (the LSTM's final state
+    depends on the length, and batching needs one length); longer spans are cut to 1.6 s around
+    their middle. Each window is volume-normalised first (:func:`normalise_volume`).
+    """
+    # One mel spectrogram for the whole audio; each window is then volume-normalised as each
+    # training utterance was: scaling audio by g scales its power mel by g^2.
+    mel = mel_frames(audio)
+    target = 10 ** (TARGET_DBFS / 20)
+    windows = []
+    for start, end in spans:
+        if end - start > WINDOW_FRAMES * HOP / SAMPLE_RATE:  # longer than 1.6 s: its middle
+            mid = (start + end) / 2
+            start, end = mid - 0.8, mid + 0.8
+        a, b = max(0, int(round(start * SAMPLE_RATE))), min(len(audio), int(round(end * SAMPLE_RATE)))
+        rms = float(np.sqrt(np.mean(np.square(audio[a:b], dtype=np.float64)))) if b > a else 0.0
+        gain = (target / rms) ** 2 if rms >= 1e-5 else 1.0
+        fa = min(a // HOP, len(mel) - 1)
+        w = mel[fa:max(fa + 1, min(b // HOP, fa + WINDOW_FRAMES))] * np.float32(gain)
+        windows.append(np.resize(w, (WINDOW_FRAMES, N_MELS)) if len(w) < WINDOW_FRAMES else w)
+    return np.stack(windows).astype(np.float32, copy=False)
 
-    def forward(self, mels: torch.Tensor) -> torch.Tensor:
-        _, (hidden, _) = self.lstm(mels)  # mels (b, t, 40); hidden (layers, b, 256)
-        e = torch.relu(self.linear(hidden[-1]))  # (b, 256)
-        return e / e.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
-    @torch.no_grad()
+class OnnxSpeakerEncoder:
+    """The GE2E encoder run from its cached ONNX form: :meth:`embed_windows` as
+    :class:`mmva.encoders.speaker_net.SpeakerEncoder`'s (same embeddings within 1e-5), without torch."""
+
+    def __init__(self, session: object, file: Path | None = None) -> None:
+        self.session = session
+        self.file = file
+        self._lock = threading.Lock()
+
     def embed_windows(self, audio: np.ndarray, spans: Sequence[tuple[float, float]],
                       batch: int = 64) -> np.ndarray:
-        """(n, 256) unit embeddings of ``spans`` (seconds) of one 16 kHz recording.
-
-        A span shorter than 1.6 s has its mel frames repeated to 1.6 s (the LSTM's final state
-        depends on the length, and batching needs one length); longer spans are cut to 1.6 s around
-        their middle. Each window is volume-normalised first (:func:`normalise_volume`).
-        """
+        """(n, 256) unit embeddings of ``spans`` (seconds) of one 16 kHz recording (see
+        :func:`speaker_windows` for how each span becomes a 1.6 s window)."""
         if not spans:
             return np.zeros((0, EMBED_DIM), np.float32)
-        # One mel spectrogram for the whole audio; each window is then volume-normalised as each
-        # training utterance was: scaling audio by g scales its power mel by g^2.
-        mel = mel_frames(audio)
-        target = 10 ** (TARGET_DBFS / 20)
-        windows = []
-        for start, end in spans:
-            if end - start > WINDOW_FRAMES * HOP / SAMPLE_RATE:  # longer than 1.6 s: its middle
-                mid = (start + end) / 2
-                start, end = mid - 0.8, mid + 0.8
-            a, b = max(0, int(round(start * SAMPLE_RATE))), min(len(audio), int(round(end * SAMPLE_RATE)))
-            rms = float(np.sqrt(np.mean(np.square(audio[a:b], dtype=np.float64)))) if b > a else 0.0
-            gain = (target / rms) ** 2 if rms >= 1e-5 else 1.0
-            fa = min(a // HOP, len(mel) - 1)
-            w = mel[fa:max(fa + 1, min(b // HOP, fa + WINDOW_FRAMES))] * np.float32(gain)
-            windows.append(np.resize(w, (WINDOW_FRAMES, N_MELS)) if len(w) < WINDOW_FRAMES else w)
-        x = torch.from_numpy(np.stack(windows))
+        x = speaker_windows(audio, spans)
         with self._lock:
-            out = [self(x[i:i + batch]) for i in range(0, len(x), batch)]
-        return torch.cat(out).numpy()
+            out = [self.session.run(None, {"mels": x[i:i + batch]})[0] for i in range(0, len(x), batch)]
+        return np.concatenate(out).astype(np.float32, copy=False)
 
 
-@lru_cache(maxsize=1)
-def load_speaker_encoder() -> SpeakerEncoder:
-    """The GE2E encoder with resemblyzer's weights (loaded once per process), on the CPU."""
-    state = torch.load(resemblyzer_weights(), map_location="cpu", weights_only=True)["model_state"]
-    enc = SpeakerEncoder()
-    # The checkpoint also holds the GE2E loss's similarity scale and bias: training-only.
-    enc.load_state_dict({k: v for k, v in state.items() if not k.startswith("similarity_")})
-    return enc.eval()
+def __getattr__(name: str) -> object:
+    if name == "SpeakerEncoder":  # the torch module, in mmva.encoders.speaker_net
+        from mmva.encoders.speaker_net import SpeakerEncoder
+
+        return SpeakerEncoder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@lru_cache(maxsize=2)
+def load_speaker_encoder(onnx: bool = True, cache_dir: str | None = None) -> object:
+    """The GE2E encoder with resemblyzer's weights (loaded once per process), on the CPU: its cached
+    ONNX form (:class:`OnnxSpeakerEncoder`, exported on first use); with ``onnx=False``, or when that
+    file can be neither read nor written, the torch module
+    (:class:`mmva.encoders.speaker_net.SpeakerEncoder`). Both have ``embed_windows``."""
+    weights = resemblyzer_weights()
+    if onnx:
+        from mmva.model.onnx_cache import cache_file, cached_session, lib_version
+
+        def export(out: Path) -> None:
+            from mmva.encoders.speaker_net import load_eager, save_onnx
+
+            save_onnx(load_eager(weights), out)
+
+        try:
+            file = cache_file("speaker-onnx", "ge2e", [weights.read_bytes(), lib_version("torch"), ONNX_FORMAT],
+                              cache_dir)
+            # One intra-op thread: an LSTM over 160 steps is a chain of small matrix products, which
+            # threads do not speed up on a CPU shared with the ASR (measured in the commit adding this).
+            return OnnxSpeakerEncoder(cached_session(file, export, threads=1, what="speaker encoder"), file)
+        except Exception as exc:  # no onnx package, a read-only cache...: the eager network serves
+            log.warning("speaker encoder: no ONNX form (%s); running it on torch", exc)
+    from mmva.encoders.speaker_net import load_eager
+
+    return load_eager(weights)

@@ -60,8 +60,8 @@ def user_cache_dir() -> Path:
 
 
 def cache_root() -> Path:
-    """Where mmva keeps what it prepares once (joined weights, the text model's ONNX form): $MMVA_CACHE, else
-    :func:`user_cache_dir`."""
+    """Where mmva keeps what it prepares once (joined weights, the ONNX forms of the text model, the
+    face network and the speaker encoder): $MMVA_CACHE, else :func:`user_cache_dir`."""
     return Path(os.environ["MMVA_CACHE"]) if os.environ.get("MMVA_CACHE") else user_cache_dir()
 
 

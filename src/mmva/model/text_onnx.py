@@ -6,7 +6,8 @@ merged MiniLM runs in milliseconds. The first process that loads a model file ex
 (base + LoRA folded in + heads; the calibration stays outside, read from the model file) to ONNX with
 torch's exporter and keeps it in ``$MMVA_CACHE/text-onnx/``; later processes run it with onnxruntime
 (already a dependency, through faster-whisper) and the `tokenizers` library: the same logits
-(tests/test_text_onnx.py compares them with the eager model), no torch import.
+(tests/test_text_onnx.py compares them with the eager model), no torch import. The cache machinery
+(naming, pruning, sessions) is shared with the face and speaker networks: :mod:`mmva.model.onnx_cache`.
 
 Only the bases whose export is tested (:data:`ONNX_BASES`) take this path; any failure to export or
 read falls back to the eager model (:func:`load_for_inference`).
@@ -18,25 +19,18 @@ import hashlib
 import logging
 import os
 import threading
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from mmva.model.onnx_cache import STALE_DAYS, lib_version, prune, session, touch  # noqa: F401 (STALE_DAYS, prune: this module's API)
 from mmva.model.textprep import TextClassifierConfig, base_dir, by_length, encode_arrays
 
 log = logging.getLogger(__name__)
 ONNX_FORMAT = "1"
 # Bases whose ONNX form is tested against the eager model; others always run eagerly.
 ONNX_BASES = ("all-MiniLM-L6-v2",)
-
-
-def _version(lib: str) -> str:
-    try:
-        return version(lib)
-    except PackageNotFoundError:
-        return "-"
 
 
 def onnx_file(path: str | Path, config: TextClassifierConfig, cache_dir: str | Path | None = None) -> Path:
@@ -49,26 +43,9 @@ def onnx_file(path: str | Path, config: TextClassifierConfig, cache_dir: str | P
     stat = base.stat() if base.exists() else None
     h = hashlib.sha256(path.read_bytes())
     h.update("|".join([config.base, str(base.resolve()), str(stat.st_size if stat else 0),
-                       str(stat.st_mtime_ns if stat else 0), *(_version(lib) for lib in ("torch", "transformers", "peft")),
+                       str(stat.st_mtime_ns if stat else 0), *(lib_version(lib) for lib in ("torch", "transformers", "peft")),
                        ONNX_FORMAT]).encode())
     return Path(cache_dir or cache_root() / "text-onnx") / f"{config.base}-{h.hexdigest()[:20]}.onnx"
-
-
-STALE_DAYS = 30
-
-
-def prune(kept: Path, days: float = STALE_DAYS) -> list[Path]:
-    """Remove the other ONNX files of ``kept``'s folder not used for ``days`` (each is ~90 MB: one per
-    model file and library versions ever loaded). A file's time is refreshed whenever it is loaded."""
-    import time
-
-    cutoff = time.time() - days * 86400
-    gone = []
-    for other in Path(kept).parent.glob("*.onnx"):
-        if other != Path(kept) and other.stat().st_mtime < cutoff:
-            other.unlink(missing_ok=True)
-            gone.append(other)
-    return gone
 
 
 class OnnxTextClassifier:
@@ -79,16 +56,11 @@ class OnnxTextClassifier:
 
     def __init__(self, config: TextClassifierConfig, file: Path, tokenizer: Any, state: dict[str, np.ndarray],
                  extra: dict[str, Any], threads: int = 0) -> None:
-        import onnxruntime as ort
-
         self.config = config
         self.tokenizer = tokenizer
         self.extra = extra
         self.file = file
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or min(os.cpu_count() or 1, 4)
-        options.log_severity_level = 3  # errors only
-        self.session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
+        self.session = session(file, threads or min(os.cpu_count() or 1, 4))
         self._inputs = {i.name for i in self.session.get_inputs()}
         self._lock = threading.Lock()  # one run at a time: the server may analyse in threads
         self.temperature = {task: float(np.asarray(state[f"temperature_{task}"]).reshape(-1)[0])
@@ -146,10 +118,7 @@ def load_for_inference(path: str | Path, cache_dir: str | Path | None = None) ->
     if file is not None and file.exists():
         try:
             model = OnnxTextClassifier(config, file, FastTokenizer(base_dir(config.base)), state, extra)
-            try:
-                os.utime(file)  # in use: :func:`prune` keeps it
-            except OSError:  # a read-only cache still serves
-                pass
+            touch(file)  # in use: :func:`prune` keeps it
             return model
         except Exception as exc:  # a corrupt cached file, missing tokenizer files: rewritten below
             log.warning("%s: cached ONNX form of %s unreadable (%s); using the eager model", file, path, exc)

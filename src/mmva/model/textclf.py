@@ -230,20 +230,9 @@ class _Logits(nn.Module):
 def save_onnx(model: TextClassifier, out: str | Path) -> Path:
     """Export a (merged, eager) classifier's raw logits to ONNX, written atomically to ``out``
     (dynamic batch and length; torch's TorchScript-based exporter, which needs the `onnx` package)."""
-    import warnings
-
-    from mmva.io.storage import write_atomic
+    from mmva.model.onnx_cache import export_module
 
     example = model.encode(["An example, to export the model.", "Two"], [["Before it."], []])
-    wrapper = _Logits(model.float()).eval()
     names = ["input_ids", "attention_mask", "token_type_ids"]
-
-    def export(tmp: str) -> None:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # tracer and deprecation notices
-            torch.onnx.export(wrapper, tuple(example[k] for k in names), tmp, input_names=names,
-                              output_names=list(model.config.labels),
-                              dynamic_axes={k: {0: "batch", 1: "tokens"} for k in names}, opset_version=17,
-                              dynamo=False)
-
-    return Path(write_atomic(out, export))
+    return export_module(_Logits(model.float()).eval(), tuple(example[k] for k in names), out, names,
+                         list(model.config.labels), {k: {0: "batch", 1: "tokens"} for k in names})

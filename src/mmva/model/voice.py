@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from mmva.io.clip import DecodedClip
 from mmva.labels import EMOTIONS
@@ -60,7 +59,9 @@ class Standardizer:
     mean: np.ndarray
     std: np.ndarray
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: Any) -> Any:
+        import torch
+
         from mmva.encoders.prosody import zscore
 
         return torch.from_numpy(zscore(x.numpy(), self.mean, self.std))
@@ -84,7 +85,7 @@ class Standardizer:
 class _Head:
     """One checkpoint with its temperature and input standardisation."""
 
-    def __init__(self, model: torch.nn.Module, temperature: float, standardizer: Standardizer | None,
+    def __init__(self, model: Any, temperature: float, standardizer: Standardizer | None,
                  source: str) -> None:
         if list(getattr(model, "modalities", [])) != ["audio"]:
             raise ValueError(f"{source}: expected an audio-only model, got modalities "
@@ -95,7 +96,9 @@ class _Head:
         self.standardizer = standardizer
         self.source = source
 
-    def probs(self, prepared: list[torch.Tensor], standardizer: Standardizer | None = None) -> np.ndarray:
+    def probs(self, prepared: list[Any], standardizer: Standardizer | None = None) -> np.ndarray:
+        import torch
+
         std = standardizer or self.standardizer
         batch = self.encoder.collate([std(p) if std is not None else p for p in prepared])
         with torch.no_grad():
@@ -151,8 +154,8 @@ class VoiceHead(_SingleClip):
     def encoder_name(self) -> str:
         return self.utterance_head.encoder.name
 
-    def features(self, audio: np.ndarray | None, sample_rate: int = 16000) -> torch.Tensor | None:
-        """The encoder's input for one waveform (before standardisation), or None without speech."""
+    def features(self, audio: np.ndarray | None, sample_rate: int = 16000) -> Any:
+        """The encoder's input for one waveform (a torch tensor, before standardisation), or None without speech."""
         if not has_voice(audio):
             return None
         y = np.asarray(audio, dtype=np.float32).reshape(-1)
@@ -176,6 +179,8 @@ class VoiceHead(_SingleClip):
         head, std = self.utterance_head, None
         sp = self.speaker_head
         if same_speaker and sp is not None and sp.standardizer is not None and len(xs) >= self.min_speaker_utterances:
+            import torch
+
             head = sp
             std = sp.standardizer.adapted(torch.stack(xs).double().numpy(), self.prior_weight)
         with self._lock:
@@ -205,6 +210,42 @@ def _load_head(folder: Path, spec: dict[str, Any]) -> _Head:
                  str(path))
 
 
+class NumpyHead:
+    """:class:`mmva.train.voice_head.Head` (standardise -> (Linear -> GELU ->) Linear) in NumPy, from its
+    safetensors state: float32 arithmetic as torch's in eval mode (dropout off), same logits within 1e-5."""
+
+    def __init__(self, state: dict[str, np.ndarray], hidden: int = 0, source: str = "") -> None:
+        f32 = {k: np.asarray(v, np.float32) for k, v in state.items()}
+        self.hidden = int(hidden)
+        self.source = source
+        self.mean, self.std = f32["mean"], f32["std"]
+        names = ("net.1",) if self.hidden == 0 else ("net.1", "net.4")
+        try:
+            self.layers = [(f32[f"{n}.weight"].T.copy(), f32[f"{n}.bias"]) for n in names]
+        except KeyError as exc:
+            raise ValueError(f"{source}: not a voice head with hidden={hidden} (missing {exc})") from None
+        if self.layers[0][0].shape[0] != self.mean.shape[0]:
+            raise ValueError(f"{source}: the first layer takes {self.layers[0][0].shape[0]} features, "
+                             f"the standardiser {self.mean.shape[0]}")
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Logits ``(n, 7)`` of features ``(n, dim)``."""
+        z = (np.asarray(x, np.float32) - self.mean) / self.std
+        (w, b), rest = self.layers[0], self.layers[1:]
+        z = z @ w + b
+        for w, b in rest:  # the hidden layer's exact (erf) GELU, as torch's nn.GELU()
+            from scipy.special import erf
+
+            z = (0.5 * z * (1.0 + erf(z / np.float32(np.sqrt(2.0))))).astype(np.float32) @ w + b
+        return z
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, np.float64)
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return (e / e.sum(-1, keepdims=True)).astype(np.float32)
+
+
 def _speech_seconds(audio: np.ndarray, sample_rate: int) -> float:
     from mmva.analyze.asr import speech_regions
 
@@ -231,9 +272,7 @@ class FeatureVoiceHead(_SingleClip):
     """
 
     def __init__(self, folder: Path, config: dict[str, Any]) -> None:
-        from safetensors.torch import load_file
-
-        from mmva.train.voice_head import Head
+        from safetensors.numpy import load_file
 
         self.config = dict(config)
         self.source = str(folder)
@@ -242,17 +281,13 @@ class FeatureVoiceHead(_SingleClip):
         self.min_speaker_utterances = int(self.config.get("min_speaker_utterances", 5))
         self.prior_weight = float(self.config.get("speaker_prior_weight", 5))
         self.feature = dict(self.config.get("feature", {"kind": "whisper"}))
-        self.heads: dict[str, tuple[Head, float]] = {}
+        self.heads: dict[str, tuple[NumpyHead, float]] = {}
         for name, spec in self.config["heads"].items():
             path = folder / spec["file"]
             if not path.exists():
                 raise FileNotFoundError(f"{path}: voice head weights missing (named in {folder / CONFIG_FILE})")
-            state = load_file(str(path))
-            dim = state["mean"].shape[0]
-            hidden = int(spec.get("hidden", 0))
-            head = Head(dim, hidden)
-            head.load_state_dict({k: v.float() for k, v in state.items()})
-            self.heads[name] = (head.eval(), float(spec.get("temperature", 1.0)))
+            head = NumpyHead(load_file(str(path)), int(spec.get("hidden", 0)), str(path))
+            self.heads[name] = (head, float(spec.get("temperature", 1.0)))
         if "utterance" not in self.heads:
             raise ValueError(f"{folder / CONFIG_FILE}: no 'utterance' head")
         pop = self.config.get("speaker_population", {})
@@ -321,9 +356,14 @@ class FeatureVoiceHead(_SingleClip):
 
         speech_regions(tone)
 
-    def features(self, audio: np.ndarray | None, sample_rate: int = 16000) -> torch.Tensor | None:
+    def features(self, audio: np.ndarray | None, sample_rate: int = 16000) -> Any:
+        """The pooled feature of one clip as a torch tensor (for training callers), None without speech."""
         f = self.features_batch([audio], sample_rate)[0]
-        return None if f is None else torch.from_numpy(f)
+        if f is None:
+            return None
+        import torch
+
+        return torch.from_numpy(f)
 
     def _speaker_z(self, x: np.ndarray) -> np.ndarray:
         n = len(x)
@@ -351,9 +391,9 @@ class FeatureVoiceHead(_SingleClip):
                 and self._pop_mean.size == x.shape[1]):
             name, x = "speaker", self._speaker_z(x)
         head, temperature = self.heads[name]
-        with self._lock, torch.no_grad():
-            logits = head(torch.from_numpy(x.astype(np.float32)))
-        probs = torch.softmax(logits / temperature, -1).numpy().astype(np.float32)
+        with self._lock:
+            logits = head(x.astype(np.float32))
+        probs = _softmax(logits / np.float32(temperature))
         for j, i in enumerate(present):
             out[i] = probs[j]
         return out
