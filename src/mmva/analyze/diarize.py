@@ -307,8 +307,8 @@ class Diarizer:
         self.n_speakers = 0
 
     def warm_up(self) -> None:
-        """Embed one second of a tone and cluster: the first call's imports and set-up (librosa's
-        mel filters, the LSTM, scikit-learn) happen here, e.g. in a loading thread, not on the
+        """Embed one second of a tone and cluster: the first call's imports and set-up (the mel
+        filters, the LSTM, scikit-learn) happen here, e.g. in a loading thread, not on the
         first recording."""
         tone = (0.1 * np.sin(2 * np.pi * 160 * np.arange(16000) / 16000)).astype(np.float32)
         self.encoder.embed_windows(tone, [(0.0, 1.0)])
