@@ -81,9 +81,11 @@ def test_time_domain_functions_match_librosa(clips: dict[str, np.ndarray], name:
     close(dsp.rms(y, N_FFT, HOP), librosa.feature.rms(y=y, frame_length=N_FFT, hop_length=HOP)[0])
     close(dsp.zero_crossing_rate(y, N_FFT, HOP),
           librosa.feature.zero_crossing_rate(y, frame_length=N_FFT, hop_length=HOP)[0])
-    # numpy's and scipy's float32 FFTs round differently: F0 agrees to ~1e-6, not bit for bit
+    # numpy's and scipy's float32 FFTs round differently: F0 agrees to ~1e-6, not bit for bit (worst
+    # seen 1.1e-4 over 10k frames of 40 clips, where the parabola is nearly flat); a different
+    # period choice would differ by several percent
     close(dsp.yin(y, FMIN, FMAX, SR, 1024, HOP),
-          librosa.yin(y, fmin=FMIN, fmax=FMAX, sr=SR, frame_length=1024, hop_length=HOP), rtol=1e-4)
+          librosa.yin(y, fmin=FMIN, fmax=FMAX, sr=SR, frame_length=1024, hop_length=HOP), rtol=1e-3)
 
 
 def test_resample_is_librosas(clips: dict[str, np.ndarray]) -> None:

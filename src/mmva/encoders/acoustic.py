@@ -10,7 +10,8 @@ crossings), computed by :mod:`mmva.encoders.dsp`, a numpy-only copy of those lib
 gives the same numbers without librosa's ~2.5 s of first-use imports (scipy.signal, numba); the
 shipped voice head was trained on librosa's own output.
 
-Cost: ~15 ms for a 3 s utterance on one core (YIN instead of pYIN, which costs ~10x more).
+Cost: ~18 ms for a 3 s utterance on one core of the 2-core dev box (YIN instead of pYIN, which
+costs ~10x more).
 
 The waveform is first scaled to a fixed active loudness, so microphone gain carries no information.
 

@@ -11,8 +11,8 @@ where librosa is float32) so that the shipped voice head, trained on librosa's n
 same features: tests/test_dsp.py compares each one with librosa on real speech, noise, silence and
 short clips (bit-identical except MFCC/delta, a float64 DCT matrix instead of scipy's float32 DCT,
 and YIN, numpy's float32 FFT instead of scipy's: relative differences ~1e-6). Only what the two
-callers use is here. Warm, a 3 s clip costs about as much as with librosa (numpy's FFT is a few ms
-slower than scipy's in YIN's autocorrelation).
+callers use is here. Warm, ``acoustic_features`` of a 3 s clip takes ~18 ms against librosa's ~20 ms
+(numpy's FFT is slower than scipy's, but YIN's autocorrelation here uses a shorter one).
 
 Conventions copied from librosa (0.11): frames are centred (``n_fft // 2`` zero padding each side,
 ``edge`` padding for the zero-crossing rate), the window is the periodic Hann window (scipy's
@@ -141,9 +141,12 @@ def yin(y: np.ndarray, fmin: float, fmax: float, sr: int, frame_length: int, hop
     """``(frames,)`` float64 F0 in Hz by YIN (librosa.yin, centred with zero padding)."""
     frames = frame(_centre(y, frame_length), frame_length, hop)
     lo, hi = int(np.floor(sr / fmax)), min(int(np.ceil(sr / fmin)), frame_length - 1)
-    # Autocorrelation by FFT (librosa.autocorrelate; 2048 is scipy's next_fast_len(2 * 1024 - 1)).
-    spec = np.fft.rfft(frames, n=_fast_len(2 * frame_length - 1), axis=-2)
-    acf = np.fft.irfft(spec.real ** 2 + spec.imag ** 2, axis=-2)[:hi + 1]
+    # Autocorrelation by FFT (librosa.autocorrelate). librosa pads to the full length 2 * frame_length - 1
+    # (2048 here); lags <= hi only need frame_length + hi (1280 here): 2.8x faster with numpy's FFT,
+    # the same values up to float32 rounding (as numpy's and scipy's FFTs differ anyway).
+    n = _fast_len(frame_length + hi)
+    spec = np.fft.rfft(frames, n=n, axis=-2)
+    acf = np.fft.irfft(spec.real ** 2 + spec.imag ** 2, n=n, axis=-2)[:hi + 1]
     # Difference function d(k) = 2 (acf(0) - acf(k)) - sum_{m<k} y(m)^2, then its cumulative mean normalisation.
     energy = np.cumsum(np.square(frames), axis=-2)
     d = np.zeros((hi + 1,) + frames.shape[1:], energy.dtype)
