@@ -5,14 +5,15 @@ Why hand-written: :func:`mmva.encoders.acoustic.acoustic_features` and
 imports scipy.signal (about 1.1 s of scipy's import-time docstring machinery), numba and its JIT
 set-up: measured on the 2-core dev box, the first ``acoustic_features`` call in a fresh process
 took 2.6-4.2 s (``python -X importtime``: scipy.signal 1.0-1.9 s cumulative, numba 0.3 s) for
-~25 ms of arithmetic; with this module it takes about 0.1 s (numpy is already imported by then;
-this module adds ~2 ms). The functions below reproduce librosa's exact steps and dtypes (float32
+~20 ms of arithmetic; with this module it takes 0.05-0.1 s (numpy is already imported by then;
+this module adds ~4 ms). The functions below reproduce librosa's exact steps and dtypes (float32
 where librosa is float32) so that the shipped voice head, trained on librosa's numbers, sees the
 same features: tests/test_dsp.py compares each one with librosa on real speech, noise, silence and
-short clips (bit-identical except MFCC/delta, a float64 DCT matrix instead of scipy's float32 DCT,
-and YIN, numpy's float32 FFT instead of scipy's: relative differences ~1e-6). Only what the two
-callers use is here. Warm, ``acoustic_features`` of a 3 s clip takes ~18 ms against librosa's ~20 ms
-(numpy's FFT is slower than scipy's, but YIN's autocorrelation here uses a shorter one).
+short clips. All are bit-identical except the MFCCs (a float64 DCT matrix instead of scipy's float32
+DCT) and their deltas, and YIN (numpy's float32 FFT instead of scipy's): relative differences ~1e-6,
+1e-4 at worst in a frame. Only what the two callers use is here. Warm, ``acoustic_features`` of a
+3 s clip takes ~18 ms against librosa's ~20 ms (numpy's FFT is slower than scipy's, but YIN's
+autocorrelation here uses a shorter one).
 
 Conventions copied from librosa (0.11): frames are centred (``n_fft // 2`` zero padding each side,
 ``edge`` padding for the zero-crossing rate), the window is the periodic Hann window (scipy's
