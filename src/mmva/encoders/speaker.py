@@ -70,11 +70,13 @@ def speaker_encoder_available() -> bool:
 
 
 def mel_frames(audio: np.ndarray) -> np.ndarray:
-    """(frames, 40) power mel spectrogram of 16 kHz audio, 25 ms windows every 10 ms (not log)."""
-    import librosa
+    """(frames, 40) power mel spectrogram of 16 kHz audio, 25 ms windows every 10 ms (not log).
 
-    mel = librosa.feature.melspectrogram(y=np.asarray(audio, np.float32), sr=SAMPLE_RATE, n_fft=N_FFT,
-                                         hop_length=HOP, n_mels=N_MELS)
+    librosa.feature.melspectrogram's numbers, computed by :mod:`mmva.encoders.dsp` (numpy only).
+    """
+    from mmva.encoders.dsp import melspectrogram
+
+    mel = melspectrogram(np.asarray(audio, np.float32).reshape(-1), SAMPLE_RATE, N_FFT, HOP, N_MELS)
     return mel.astype(np.float32).T
 
 

@@ -162,7 +162,7 @@ class DefaultModel:
     def warm_up(self) -> None:
         """Load the voice head and the face network and run the voice features once on a short tone.
 
-        The first real call then pays no loading cost (the Whisper encoder, librosa's first calls);
+        The first real call then pays no loading cost (the Whisper encoder, the VAD);
         ``mmva analyze`` runs this in a background thread while it decodes and transcribes.
         """
         head = self.voice_head()

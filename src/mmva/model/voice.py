@@ -160,9 +160,9 @@ class VoiceHead(_SingleClip):
             return None
         y = np.asarray(audio, dtype=np.float32).reshape(-1)
         if sample_rate != self.sample_rate:
-            import librosa
+            from mmva.encoders.dsp import resample
 
-            y = librosa.resample(y, orig_sr=sample_rate, target_sr=self.sample_rate)
+            y = resample(y, sample_rate, self.sample_rate)
         return self.utterance_head.encoder.prepare(DecodedClip(audio=y, sample_rate=self.sample_rate))
 
     def predict_proba_batch(self, audios: list[np.ndarray | None], sample_rate: int = 16000, *,
@@ -250,9 +250,9 @@ def _speech_seconds(audio: np.ndarray, sample_rate: int) -> float:
     from mmva.analyze.asr import speech_regions
 
     if sample_rate != 16000:
-        import librosa
+        from mmva.encoders.dsp import resample
 
-        audio = librosa.resample(audio, orig_sr=sample_rate, target_sr=16000)
+        audio = resample(audio, sample_rate, 16000)
     return float(sum(e - s for s, e in speech_regions(np.asarray(audio, np.float32))))
 
 
@@ -314,9 +314,9 @@ class FeatureVoiceHead(_SingleClip):
     def _resample(self, y: np.ndarray, sample_rate: int) -> np.ndarray:
         if sample_rate == self.sample_rate:
             return y
-        import librosa
+        from mmva.encoders.dsp import resample
 
-        return librosa.resample(y, orig_sr=sample_rate, target_sr=self.sample_rate).astype(np.float32)
+        return resample(y, sample_rate, self.sample_rate).astype(np.float32)
 
     def features_batch(self, audios: list[np.ndarray | None], sample_rate: int = 16000) -> list[np.ndarray | None]:
         """Pooled features per clip (None without speech)."""
