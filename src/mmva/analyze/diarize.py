@@ -334,8 +334,6 @@ class Diarizer:
         return SpeakerTrack(spans, [speaker_name(int(i)) for i in ids])
 
     def _assign(self, emb: np.ndarray, seconds: np.ndarray, several: bool | None = None) -> np.ndarray:
-        from scipy.optimize import linear_sum_assignment
-
         n_old = len(self._ids)
         both = np.concatenate([self._emb, emb]) if n_old else emb
         clusters = cluster(both, self.options, np.concatenate([self._seconds, seconds]) if n_old else seconds,
@@ -343,6 +341,8 @@ class Diarizer:
         new = clusters[n_old:]
         mapping: dict[int, int] = {}
         if n_old:
+            from scipy.optimize import linear_sum_assignment  # only from the second window on (0.4 s to import)
+
             old = clusters[:n_old]
             cids = np.unique(new)
             counts = np.array([[np.sum((old == c) & (self._ids == s)) for s in range(self.n_speakers)]
