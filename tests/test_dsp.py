@@ -165,8 +165,7 @@ def test_acoustic_features_are_librosas_and_so_is_the_voice_head_output(clips: d
     from mmva.model.voice import load_voice_head
 
     head = load_voice_head()
-    state = head.heads["utterance"][0].state_dict()
-    whisper = next(v for k, v in state.items() if k.endswith("mean")).numpy()[: -ref.shape[1]]
+    whisper = np.asarray(head.heads["utterance"][0].mean)[: -ref.shape[1]]
     for same_speaker in (False, True):
         p_ref, p_new = ([np.concatenate([whisper, f]).astype(np.float32) for f in x] for x in (ref, new))
         for a, b in zip(head.proba_from_features(p_ref, same_speaker=same_speaker),
