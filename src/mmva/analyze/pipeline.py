@@ -20,6 +20,7 @@ output is the same.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -312,7 +313,7 @@ def _analyze_media(path: str, subtitles: str | None, asr_model: str | None, devi
     reach = [0.0] if asr is not None else [info.duration or 0.0]
     windows = (_asr_windows(path, info.duration, asr, opts, stages, reach, diarizer) if asr is not None
                else _known_windows(path, known or [], info.has_audio, info.duration, opts, stages, reach))
-    for utts, chunk, t0 in windows:
+    for utts, chunk, t0, regions in windows:
         if not utts:
             continue
         frac = (utts[-1].end_time or 0.0) / info.duration if info.duration else 0.0
@@ -334,7 +335,9 @@ def _analyze_media(path: str, subtitles: str | None, asr_model: str | None, devi
         current = predictor()
         if faces is None and callable(getattr(current, "speaker_faces", None)):
             faces = current.speaker_faces()
-        _predict(current, utts, audio, frames, opts, top_k, stages, frac, history, sources, faces)
+        # Speech in each utterance, from the window's voice activity (the voice head need not look again).
+        speech = _speech_seconds(utts, regions, t0) if regions is not None else None
+        _predict(current, utts, audio, frames, opts, top_k, stages, frac, history, sources, faces, speech)
         for u in utts:  # the window's audio and frames are dropped here; the results stay
             u.path = path
         timeline.utterances.extend(utts)
@@ -443,7 +446,7 @@ def _asr_windows(path: str, duration: float, asr: Any, opts: AnalyzeOptions, sta
         for u in utts:
             u.start_time = round(u.start_time + t0, 3)  # type: ignore[operator]
             u.end_time = round(u.end_time + t0, 3)  # type: ignore[operator]
-        yield utts, part, t0
+        yield utts, part, t0, regions
         if end is None:
             return
         t0 += cut
@@ -488,7 +491,7 @@ def _known_windows(path: str, utts: list[Utterance], has_audio: bool, duration: 
             got = start + (len(chunk) / SAMPLE_RATE if chunk is not None else 0.0)
             if got < end - 1.0:  # a short read: the file ends there
                 reach[0] = min(reach[0], got)
-        yield group, chunk, start
+        yield group, chunk, start, None
         i = j
 
 
@@ -573,11 +576,27 @@ def _collect_frames(path: str, utts: list[Utterance], opts: AnalyzeOptions,
 FOLLOWING_TURNS = 2  # next utterances passed to a model that uses them (it keeps what it was trained on)
 
 
+def _speech_seconds(utts: list[Utterance], regions: list[tuple[float, float]], t0: float) -> list[float]:
+    """Seconds of voice activity (``regions``, relative to ``t0``) inside each utterance's span.
+
+    >>> u = Utterance(text="hi", start_time=10.0, end_time=12.0)
+    >>> _speech_seconds([u], [(0.5, 1.0), (1.5, 3.0)], 9.0)
+    [1.5]
+    """
+    out = []
+    for u in utts:
+        s, e = (u.start_time or 0.0) - t0, (u.end_time or 0.0) - t0
+        out.append(round(sum(max(0.0, min(e, re) - max(s, rs)) for rs, re in regions), 3))
+    return out
+
+
 def _predict(predictor: Any, utts: list[Utterance], audio: list[np.ndarray | None],
              frames: list[np.ndarray | None], opts: AnalyzeOptions, top_k: int, stages: _Stages,
-             frac: float, history: list[str], sources: list[Any] | None = None, faces: Any = None) -> None:
+             frac: float, history: list[str], sources: list[Any] | None = None, faces: Any = None,
+             speech: list[float] | None = None) -> None:
     """Run the model over one window's utterances and write the predictions into them (``faces``: the
-    predictor's memory of where each speaker was seen talking, one per recording)."""
+    predictor's memory of where each speaker was seen talking, one per recording; ``speech``: seconds of
+    voice activity in each utterance when the pipeline measured it, passed to predictors that take it)."""
     contexts = []
     for u in utts:
         contexts.append(history[-opts.context_turns:] if opts.context_turns else [])
@@ -591,6 +610,8 @@ def _predict(predictor: Any, utts: list[Utterance], audio: list[np.ndarray | Non
     speakers = {"speakers": [u.speaker for u in utts]} if any(u.speaker for u in utts) else {}
     if speakers and faces is not None:
         speakers["speaker_faces"] = faces
+    if speech is not None and "speech" in inspect.signature(predictor.predict).parameters:
+        speakers["speech"] = speech
     if getattr(predictor, "uses_following", False):
         # A recorded file's transcript is known: the next utterances of the window are context too
         # (the last one of a window, every few minutes, goes without; the model was trained so).

@@ -24,6 +24,7 @@ takes no part: with one modality present the output is that modality's own distr
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import shutil
@@ -180,7 +181,8 @@ class DefaultModel:
             mtcnn.warm_up()
 
     def audio_probs(self, audio: Sequence[np.ndarray | None], sample_rate: int, same_speaker: bool = False,
-                    speakers: Sequence[str | None] | None = None) -> list[dict[str, np.ndarray] | None]:
+                    speakers: Sequence[str | None] | None = None,
+                    speech: Sequence[float] | None = None) -> list[dict[str, np.ndarray] | None]:
         """Voice emotion probabilities (+ derived sentiment) per clip; None for no audio or no speech.
 
         ``same_speaker``: the clips come from one recording, so the voice head may normalise them
@@ -188,6 +190,8 @@ class DefaultModel:
         ``speakers``: a speaker label per clip (diarization): each speaker's clips are normalised
         together as one speaker, whatever ``same_speaker`` says; clips without a label form one group
         normalised as ``same_speaker`` says.
+        ``speech``: seconds of voice activity per clip when the caller measured it (``mmva analyze``
+        does, on the whole window), so the voice head does not run the voice-activity model again.
         """
         present = [i for i, a in enumerate(audio) if a is not None and np.asarray(a).size > 0]
         out: list[dict[str, np.ndarray] | None] = [None] * len(audio)
@@ -195,6 +199,8 @@ class DefaultModel:
             return out
         if speakers is not None and len(speakers) != len(audio):
             raise ValueError(f"speakers has {len(speakers)} items for {len(audio)} clips")
+        if speech is not None and len(speech) != len(audio):
+            raise ValueError(f"speech has {len(speech)} items for {len(audio)} clips")
         groups: dict[str | None, list[int]] = {}
         for i in present:
             groups.setdefault(speakers[i] if speakers is not None else None, []).append(i)
@@ -202,8 +208,10 @@ class DefaultModel:
         for speaker, idx in groups.items():
             clips = [np.asarray(audio[i], dtype=np.float32) for i in idx]
             if hasattr(self._voice, "predict_proba_batch"):
+                known = ({"speech_seconds": [speech[i] for i in idx]} if speech is not None and "speech_seconds"
+                         in inspect.signature(self._voice.predict_proba_batch).parameters else {})
                 got = self._voice.predict_proba_batch(clips, sample_rate=sample_rate,
-                                                      same_speaker=same_speaker or speaker is not None)
+                                                      same_speaker=same_speaker or speaker is not None, **known)
             else:
                 got = [self._voice.predict_proba(c, sample_rate=sample_rate) for c in clips]
             probs.update(zip(idx, got))
@@ -266,7 +274,8 @@ class DefaultModel:
                 sources: list[Any] | None = None,
                 speakers: list[str | None] | None = None,
                 following: list[list[str]] | None = None,
-                speaker_faces: "SpeakerFaces | None" = None) -> list[dict[str, Any]]:
+                speaker_faces: "SpeakerFaces | None" = None,
+                speech: list[float] | None = None) -> list[dict[str, Any]]:
         """One fused prediction per item (see the module docstring for the rule).
 
         ``following`` (the next utterances' texts per item, known for recorded media) is used by a
@@ -278,6 +287,8 @@ class DefaultModel:
         ``speaker_faces`` (:meth:`speaker_faces`, one per recording) carries where each speaker was seen
         talking from one call to the next, so a speaker keeps that face over the whole recording
         (``mmva analyze`` calls once per window of a few minutes).
+        ``speech`` (seconds of voice activity per item, when the caller measured it) spares the voice
+        head its own voice-activity pass (:meth:`audio_probs`).
         ``sources`` (each utterance's media span) is part of the predictor interface
         (:mod:`mmva.model.predictor`) and unused: this model works on the given audio and frames.
 
@@ -295,11 +306,11 @@ class DefaultModel:
         """
         n = len(texts)
         for name, seq in (("contexts", contexts), ("audio", audio), ("frames", frames), ("speakers", speakers),
-                          ("following", following)):
+                          ("following", following), ("speech", speech)):
             if seq is not None and len(seq) != n:
                 raise ValueError(f"{name} has {len(seq)} items for {n} texts")
         text_p = self.text_probs(texts, contexts, following)
-        audio_p = (self.audio_probs(audio, sample_rate, same_speaker, speakers) if audio is not None
+        audio_p = (self.audio_probs(audio, sample_rate, same_speaker, speakers, speech) if audio is not None
                    else [None] * n)
         video_p = self._speaker_faces(frames, speakers, speaker_faces) if frames is not None else [None] * n
         results = []

@@ -28,7 +28,7 @@ import threading
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -318,14 +318,20 @@ class FeatureVoiceHead(_SingleClip):
 
         return resample(y, sample_rate, self.sample_rate).astype(np.float32)
 
-    def features_batch(self, audios: list[np.ndarray | None], sample_rate: int = 16000) -> list[np.ndarray | None]:
-        """Pooled features per clip (None without speech)."""
+    def features_batch(self, audios: list[np.ndarray | None], sample_rate: int = 16000,
+                       speech_seconds: Sequence[float] | None = None) -> list[np.ndarray | None]:
+        """Pooled features per clip (None without speech). ``speech_seconds``: each clip's voice
+        activity when the caller measured it with the same VAD (``mmva analyze`` does, on the whole
+        window); else it is measured here, clip by clip."""
         out: list[np.ndarray | None] = [None] * len(audios)
+        if speech_seconds is not None and len(speech_seconds) != len(audios):
+            raise ValueError(f"speech_seconds has {len(speech_seconds)} items for {len(audios)} clips")
         loud = [i for i, a in enumerate(audios) if has_voice(a)]
         resampled = {i: self._resample(np.asarray(audios[i], np.float32).reshape(-1), sample_rate) for i in loud}
         # Loud is not speech (noise, music, a tone): Silero VAD, as the analyze pipeline uses, must
         # find at least 100 ms of speech, else the modality is absent rather than guessed.
-        present = [i for i in loud if _speech_seconds(resampled[i], self.sample_rate) >= 0.1]
+        present = [i for i in loud if (speech_seconds[i] if speech_seconds is not None
+                                       else _speech_seconds(resampled[i], self.sample_rate)) >= 0.1]
         if present:
             clips = [resampled[i] for i in present]
             parts = []
@@ -374,8 +380,10 @@ class FeatureVoiceHead(_SingleClip):
         return ((x - mean) / np.maximum(std, 1e-3 * (np.abs(mean) + 1e-3))).astype(np.float32)
 
     def predict_proba_batch(self, audios: list[np.ndarray | None], sample_rate: int = 16000, *,
-                            same_speaker: bool = False) -> list[np.ndarray | None]:
-        return self.proba_from_features(self.features_batch(audios, sample_rate), same_speaker=same_speaker)
+                            same_speaker: bool = False,
+                            speech_seconds: Sequence[float] | None = None) -> list[np.ndarray | None]:
+        return self.proba_from_features(self.features_batch(audios, sample_rate, speech_seconds),
+                                        same_speaker=same_speaker)
 
     def proba_from_features(self, feats: list[np.ndarray | None], *,
                             same_speaker: bool = False) -> list[np.ndarray | None]:
