@@ -325,10 +325,13 @@ def _analyze_media(path: str, subtitles: str | None, asr_model: str | None, devi
         own_media = bool(getattr(predictor(), "decodes_media", False))
         frames: Any = [None] * len(utts)
         if info.has_video and not own_media:
-            # Decoded in a thread while the text and voice heads run; the face head waits for them.
+            # Decoded in a thread while the text and voice heads run; each utterance's frames are
+            # handed over as soon as the decoder is past them, so the face head can start on the
+            # first utterances while later ones are still being decoded.
             stages.announce("frames", frac)
-            frames = _FramesLater(_in_background(
-                lambda: _collect_frames(path, utts, opts, timeline.problems, stages), "mmva-frames"), len(utts), stages)
+            frames = _FramesLater(len(utts), stages)
+            _in_background(frames.fill(lambda: _collect_frames(path, utts, opts, timeline.problems, stages,
+                                                               frames.deliver)), "mmva-frames")
         audio = ([_slice(chunk, t0, u) for u in utts] if chunk is not None and not own_media
                  else [None] * len(utts))
         sources = [_span(path, u, info.duration) for u in utts]
@@ -350,23 +353,58 @@ def _analyze_media(path: str, subtitles: str | None, asr_model: str | None, devi
 
 
 class _FramesLater:
-    """The frames of a window's utterances, decoded in the background: a sequence whose items wait
-    for the decoding (the face head reads them after the text and voice heads have run)."""
+    """The frames of a window's utterances, decoded in the background: a sequence whose item ``i``
+    waits until the decoder has delivered utterance ``i`` (in time order, so a reader going through
+    the utterances in order works while later ones are decoded). Waiting time is summed in the
+    ``wait for frames`` timing; an error of the decoding thread is raised by every item not delivered."""
 
-    def __init__(self, future: Future, n: int, stages: _Stages) -> None:
-        self._future, self._n, self._stages = future, n, stages
+    def __init__(self, n: int, stages: _Stages) -> None:
+        self._items: list[Future] = [Future() for _ in range(n)]
+        self._stages = stages
+        self._lock = threading.Lock()
+
+    def deliver(self, i: int, frames: np.ndarray | None) -> None:
+        if not self._items[i].done():
+            self._items[i].set_result(frames)
+
+    def fill(self, collect: Callable[[], list[np.ndarray | None]]) -> Callable[[], None]:
+        """A job for the decoding thread: run ``collect`` (which delivers as it goes), then deliver
+        whatever it returned and was not delivered yet, or its error to every waiting item."""
+
+        def run() -> None:
+            try:
+                for i, f in enumerate(collect()):
+                    self.deliver(i, f)
+            except BaseException as exc:
+                for item in self._items:
+                    if not item.done():
+                        item.set_exception(exc)
+                raise
+
+        return run
 
     def __len__(self) -> int:
-        return self._n
+        return len(self._items)
 
-    def _frames(self) -> list[np.ndarray | None]:
-        return self._stages.run("wait for frames", 0.0, self._future.result)
+    def _get(self, i: int) -> np.ndarray | None:
+        item = self._items[i]
+        if item.done():
+            return item.result()
+        t0 = time.perf_counter()
+        try:
+            return item.result()
+        finally:
+            with self._lock:  # read from the face head's thread too: summed here, no progress call
+                timings = self._stages.timings
+                timings["wait for frames"] = timings.get("wait for frames", 0.0) + time.perf_counter() - t0
 
     def __getitem__(self, i: Any) -> Any:
-        return self._frames()[i]
+        if isinstance(i, slice):
+            return [self._get(j) for j in range(len(self._items))[i]]
+        return self._get(range(len(self._items))[i])
 
     def __iter__(self) -> Iterator[np.ndarray | None]:
-        return iter(self._frames())
+        return (self._get(i) for i in range(len(self._items)))
 
 
 def _within_media(utts: list[Utterance], duration: float, problems: list[str]) -> list[Utterance]:
@@ -544,6 +582,12 @@ class FrameCollector:
             if d < self.dist[j]:
                 self.dist[j], self.best[j] = d, frame
 
+    def last_use(self) -> np.ndarray:
+        """Per utterance, the latest frame time that can still change its frames."""
+        last = np.full(self.n, -np.inf)
+        np.maximum.at(last, self.owner, self.times + self.radius)
+        return last
+
     def frames(self, i: int) -> np.ndarray | None:
         picked, seen = [], set()
         for j in np.flatnonzero(self.owner == i):
@@ -555,17 +599,25 @@ class FrameCollector:
 
 
 def _collect_frames(path: str, utts: list[Utterance], opts: AnalyzeOptions,
-                    problems: list[str], stages: _Stages | None = None) -> list[np.ndarray | None]:
+                    problems: list[str], stages: _Stages | None = None,
+                    deliver: Callable[[int, np.ndarray | None], None] | None = None) -> list[np.ndarray | None]:
+    """Each utterance's face frames (None: none decoded); ``deliver(i, frames)`` is called for each
+    utterance, in order, as soon as the decoder has passed every frame it could use."""
     from mmva.io.media import MediaError, iter_frames
 
     spans = [(u.start_time or 0.0, u.end_time or 0.0) for u in utts]
     collector = FrameCollector(spans, opts.fps, opts.frames_per_utterance)
     start = max(0.0, min(s for s, _ in spans) - 0.1)
     end = max(e for _, e in spans) + 0.1
+    done_after = np.maximum.accumulate(collector.last_use()) if deliver is not None else np.zeros(0)
+    sent = 0
     t0 = time.perf_counter()
     try:
         for t, frame in iter_frames(path, fps=opts.fps, max_side=opts.max_side, start=start or None, end=end):
             collector.add(t, frame)
+            while sent < len(done_after) and t > done_after[sent]:
+                deliver(sent, collector.frames(sent))  # type: ignore[misc]
+                sent += 1
     except MediaError as err:
         problems.append(f"frames {start:.1f}-{end:.1f} s: {err.reason}")
     if stages is not None:  # a background thread: timed here, without a progress call

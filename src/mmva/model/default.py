@@ -309,10 +309,21 @@ class DefaultModel:
                           ("following", following), ("speech", speech)):
             if seq is not None and len(seq) != n:
                 raise ValueError(f"{name} has {len(seq)} items for {n} texts")
-        text_p = self.text_probs(texts, contexts, following)
-        audio_p = (self.audio_probs(audio, sample_rate, same_speaker, speakers, speech) if audio is not None
-                   else [None] * n)
-        video_p = self._speaker_faces(frames, speakers, speaker_faces) if frames is not None else [None] * n
+        video_job = None
+        if frames is not None:
+            # The face head in a thread beside the text and voice heads: its frames may still be
+            # arriving from a decoder (mmva analyze), and ONNX Runtime and OpenCV release the GIL.
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = ThreadPoolExecutor(1, thread_name_prefix="mmva-face")
+            video_job = pool.submit(self._speaker_faces, frames, speakers, speaker_faces)
+            pool.shutdown(wait=False)
+        try:
+            text_p = self.text_probs(texts, contexts, following)
+            audio_p = (self.audio_probs(audio, sample_rate, same_speaker, speakers, speech) if audio is not None
+                       else [None] * n)
+        finally:
+            video_p = video_job.result() if video_job is not None else [None] * n
         results = []
         for i in range(n):
             per = {"text": text_p[i], "audio": audio_p[i], "video": video_p[i]}
