@@ -601,8 +601,9 @@ class FrameCollector:
 def _collect_frames(path: str, utts: list[Utterance], opts: AnalyzeOptions,
                     problems: list[str], stages: _Stages | None = None,
                     deliver: Callable[[int, np.ndarray | None], None] | None = None) -> list[np.ndarray | None]:
-    """Each utterance's face frames (None: none decoded); ``deliver(i, frames)`` is called for each
-    utterance, in order, as soon as the decoder has passed every frame it could use."""
+    """Each utterance's face frames (None: none decoded); ``deliver(i, frames)`` is called once for
+    each utterance, in order, as soon as the decoder has passed every frame it could use (the last
+    ones when decoding ends)."""
     from mmva.io.media import MediaError, iter_frames
 
     spans = [(u.start_time or 0.0, u.end_time or 0.0) for u in utts]
@@ -622,7 +623,11 @@ def _collect_frames(path: str, utts: list[Utterance], opts: AnalyzeOptions,
         problems.append(f"frames {start:.1f}-{end:.1f} s: {err.reason}")
     if stages is not None:  # a background thread: timed here, without a progress call
         stages.timings["frames"] = stages.timings.get("frames", 0.0) + time.perf_counter() - t0
-    return [collector.frames(i) for i in range(len(utts))]
+    out = [collector.frames(i) for i in range(len(utts))]
+    if deliver is not None:
+        for i in range(sent, len(out)):
+            deliver(i, out[i])
+    return out
 
 
 FOLLOWING_TURNS = 2  # next utterances passed to a model that uses them (it keeps what it was trained on)
