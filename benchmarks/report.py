@@ -528,6 +528,17 @@ def section_cold(sp: dict | None) -> str:
         best = target[trees[-1]]["wall_s"]
         out += [f"Target (issue 15): 60 s 720p30 talking head ≤ 10 s from a cold start on 2 cores: measured "
                 f"{best:.1f} s here, {_met(best, 10.0, higher=False)}.", ""]
+    short = sp["lengths"].get("10")
+    if short:
+        best = short[trees[-1]]["wall_s"]
+        out += [f"Target (issue 15): a 7 s clip ≤ 4 s; the 10 s clip here (longer, so a harder test) took "
+                f"{best:.1f} s, {_met(best, 4.0, higher=False)}.", ""]
+    long = sp["lengths"].get("600")
+    if long:
+        rss = long[trees[-1]]["peak_rss_mb"]
+        out += [f"Target (issue 15): long inputs within 2.5 GB of memory: the 10-minute input peaked at "
+                f"{rss:,.0f} MB ({_met(rss, 2500.0, higher=False)}; media is decoded 5 minutes at a time, so the "
+                "peak does not grow with length).", ""]
     stages = sorted({k for L in sp["lengths"].values() for t in trees for k in L[t]["cold_stages_s"]})
     rows = [[f"{secs} s", t, *[L[t]["cold_stages_s"].get(k) for k in stages]]
             for secs, L in sp["lengths"].items() for t in trees]
