@@ -28,8 +28,11 @@ def test_utterances_are_delivered_in_order_before_decoding_ends(video: str) -> N
     collector_times: list[float] = []
     problems: list[str] = []
 
+    delivered: dict[int, np.ndarray | None] = {}
+
     def deliver(i: int, frames: np.ndarray | None) -> None:
         decoded_at.append((i, time_now()))
+        delivered[i] = frames
 
     # the decoder's position when each utterance is handed over: the largest frame time added so far
     orig_add = FrameCollector.add
@@ -43,7 +46,7 @@ def test_utterances_are_delivered_in_order_before_decoding_ends(video: str) -> N
 
     FrameCollector.add = spy  # type: ignore[method-assign]
     try:
-        frames = _collect_frames(video, utts, opts, problems, None, deliver)
+        returned = _collect_frames(video, utts, opts, problems, None, deliver)
     finally:
         FrameCollector.add = orig_add  # type: ignore[method-assign]
     assert not problems
@@ -52,10 +55,12 @@ def test_utterances_are_delivered_in_order_before_decoding_ends(video: str) -> N
     # the first three were handed over while the decoder was still well before the end of the span
     assert all(t < last for _, t in decoded_at[:3])
     assert decoded_at[0][1] < utts[1].end_time
-    # and their frames are those of an undisturbed collection
+    # those handed over early are not kept (nor copied) a second time in the returned list
+    assert returned[:3] == [None, None, None] and returned[3] is delivered[3]
+    # and the frames handed over are those of an undisturbed collection
     again = _collect_frames(video, utts, opts, [], None, None)
-    for a, b in zip(frames, again):
-        assert a is not None and b is not None and np.array_equal(a, b)
+    for i, b in enumerate(again):
+        assert delivered[i] is not None and b is not None and np.array_equal(delivered[i], b)
 
 
 def test_frames_later_waits_per_item_and_raises_the_decoders_error() -> None:
@@ -68,7 +73,15 @@ def test_frames_later_waits_per_item_and_raises_the_decoders_error() -> None:
         gate.wait(5)
         raise RuntimeError("decoder broke")
 
-    thread = threading.Thread(target=lambda: pytest.raises(RuntimeError, later.fill(collect)))
+    raised: list[BaseException] = []
+
+    def decoder() -> None:
+        try:
+            later.fill(collect)()
+        except RuntimeError as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=decoder)
     thread.start()
     assert later[0].shape == (1, 2, 2, 3)  # delivered before the decoder went on
     gate.set()
@@ -77,4 +90,28 @@ def test_frames_later_waits_per_item_and_raises_the_decoders_error() -> None:
     with pytest.raises(RuntimeError, match="decoder broke"):
         list(later)
     thread.join(5)
+    assert [str(e) for e in raised] == ["decoder broke"]  # and the decoding thread's own job failed too
     assert len(later) == 3 and "wait for frames" in stages.timings
+
+
+def test_face_thread_of_predict_reports_the_text_error_first_and_its_own_otherwise(monkeypatch) -> None:
+    """DefaultModel.predict runs the face head in a thread beside the text and voice heads."""
+    from mmva.model.default import load_default_model
+
+    model = load_default_model()
+    face_done = threading.Event()
+
+    def slow_face_error(*_a, **_k):
+        face_done.wait(0.2)
+        raise ValueError("face broke")
+
+    def text_error(*_a, **_k):
+        raise KeyError("text broke")
+
+    monkeypatch.setattr(model, "_speaker_faces", slow_face_error)
+    monkeypatch.setattr(model, "text_probs", text_error)
+    with pytest.raises(KeyError, match="text broke"):
+        model.predict(["hello"], frames=[np.zeros((1, 8, 8, 3), np.uint8)])
+    monkeypatch.setattr(model, "text_probs", lambda texts, *a: [None] * len(texts))
+    with pytest.raises(ValueError, match="face broke"):
+        model.predict(["hello"], frames=[np.zeros((1, 8, 8, 3), np.uint8)])

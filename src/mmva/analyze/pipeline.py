@@ -324,14 +324,15 @@ def _analyze_media(path: str, subtitles: str | None, asr_model: str | None, devi
         # A predictor that decodes its utterances itself (a checkpoint, as in training) needs no frames.
         own_media = bool(getattr(predictor(), "decodes_media", False))
         frames: Any = [None] * len(utts)
+        decoding: Future | None = None
         if info.has_video and not own_media:
             # Decoded in a thread while the text and voice heads run; each utterance's frames are
             # handed over as soon as the decoder is past them, so the face head can start on the
             # first utterances while later ones are still being decoded.
             stages.announce("frames", frac)
             frames = _FramesLater(len(utts), stages)
-            _in_background(frames.fill(lambda: _collect_frames(path, utts, opts, timeline.problems, stages,
-                                                               frames.deliver)), "mmva-frames")
+            decoding = _in_background(frames.fill(lambda: _collect_frames(path, utts, opts, timeline.problems,
+                                                                          stages, frames.deliver)), "mmva-frames")
         audio = ([_slice(chunk, t0, u) for u in utts] if chunk is not None and not own_media
                  else [None] * len(utts))
         sources = [_span(path, u, info.duration) for u in utts]
@@ -341,6 +342,8 @@ def _analyze_media(path: str, subtitles: str | None, asr_model: str | None, devi
         # Speech in each utterance, from the window's voice activity (the voice head need not look again).
         speech = _speech_seconds(utts, regions, t0) if regions is not None else None
         _predict(current, utts, audio, frames, opts, top_k, stages, frac, history, sources, faces, speech)
+        if decoding is not None:  # the decoder may still be closing the file, timing or noting a problem
+            decoding.result()
         for u in utts:  # the window's audio and frames are dropped here; the results stay
             u.path = path
         timeline.utterances.extend(utts)
@@ -603,7 +606,7 @@ def _collect_frames(path: str, utts: list[Utterance], opts: AnalyzeOptions,
                     deliver: Callable[[int, np.ndarray | None], None] | None = None) -> list[np.ndarray | None]:
     """Each utterance's face frames (None: none decoded); ``deliver(i, frames)`` is called once for
     each utterance, in order, as soon as the decoder has passed every frame it could use (the last
-    ones when decoding ends)."""
+    ones when decoding ends); the returned list then holds None for those delivered early."""
     from mmva.io.media import MediaError, iter_frames
 
     spans = [(u.start_time or 0.0, u.end_time or 0.0) for u in utts]
@@ -623,7 +626,8 @@ def _collect_frames(path: str, utts: list[Utterance], opts: AnalyzeOptions,
         problems.append(f"frames {start:.1f}-{end:.1f} s: {err.reason}")
     if stages is not None:  # a background thread: timed here, without a progress call
         stages.timings["frames"] = stages.timings.get("frames", 0.0) + time.perf_counter() - t0
-    out = [collector.frames(i) for i in range(len(utts))]
+    # Utterances already handed over are not stacked a second time (their frames are with the reader).
+    out = [collector.frames(i) if i >= sent else None for i in range(len(utts))]
     if deliver is not None:
         for i in range(sent, len(out)):
             deliver(i, out[i])

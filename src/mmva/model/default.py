@@ -25,6 +25,8 @@ takes no part: with one modality present the output is that modality's own distr
 from __future__ import annotations
 
 import inspect
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 import json
 import logging
 import shutil
@@ -313,8 +315,6 @@ class DefaultModel:
         if frames is not None:
             # The face head in a thread beside the text and voice heads: its frames may still be
             # arriving from a decoder (mmva analyze), and ONNX Runtime and OpenCV release the GIL.
-            from concurrent.futures import ThreadPoolExecutor
-
             pool = ThreadPoolExecutor(1, thread_name_prefix="mmva-face")
             video_job = pool.submit(self._speaker_faces, frames, speakers, speaker_faces)
             pool.shutdown(wait=False)
@@ -322,8 +322,12 @@ class DefaultModel:
             text_p = self.text_probs(texts, contexts, following)
             audio_p = (self.audio_probs(audio, sample_rate, same_speaker, speakers, speech) if audio is not None
                        else [None] * n)
-        finally:
-            video_p = video_job.result() if video_job is not None else [None] * n
+        except BaseException:
+            if video_job is not None:  # this error is the one raised; the face thread is let finish first
+                video_job.cancel()
+                futures_wait([video_job])
+            raise
+        video_p = video_job.result() if video_job is not None else [None] * n
         results = []
         for i in range(n):
             per = {"text": text_p[i], "audio": audio_p[i], "video": video_p[i]}
