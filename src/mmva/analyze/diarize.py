@@ -150,14 +150,14 @@ def cluster(embeddings: np.ndarray, options: DiarizeOptions, seconds: np.ndarray
         return _first_appearance(fixed(options.speakers))
     weight = np.full(n, options.hop) if seconds is None else np.asarray(seconds, float)
     if several is None:
-        several = count_voices(embeddings, options, weight) > 1
+        several = count_voices(embeddings, options, weight, tree) > 1
     k = 2 if several else 1
     labels = np.zeros(n, int)
     lo, hi = options.min_speakers or 1, min(options.max_speakers or MAX_AUTO, n)
     if k > 1 or lo > 1:
         # More than one voice: how many is decided by the silhouette of each cut, which depends
         # less on one distance threshold than the threshold cut itself.
-        k, labels = _best_by_silhouette(embeddings, max(2, lo), max(2, hi), fixed)
+        k, labels = _best_by_silhouette(tree.distances, max(2, lo), max(2, hi), fixed)
     elif not lo <= k <= hi:
         labels = fixed(min(max(k, lo), hi))
     return _first_appearance(labels)
@@ -166,25 +166,26 @@ def cluster(embeddings: np.ndarray, options: DiarizeOptions, seconds: np.ndarray
 MAX_AUTO = 8  # the most speakers found automatically (without --speakers or --max-speakers)
 
 
-def count_voices(embeddings: np.ndarray, options: DiarizeOptions, seconds: np.ndarray) -> int:
+def count_voices(embeddings: np.ndarray, options: DiarizeOptions, seconds: np.ndarray, tree: Any = None) -> int:
     """Voices in ``embeddings`` by the distance threshold (average linkage), clusters with less than
-    ``min_speaker_time`` of speech not counted."""
+    ``min_speaker_time`` of speech not counted (``tree``: their :func:`~mmva.analyze.linkage.average_linkage`
+    when the caller has it)."""
     from mmva.analyze.linkage import average_linkage, cut
 
     if len(embeddings) < 2:
         return len(embeddings)
-    labels = cut(average_linkage(embeddings), distance_threshold=options.threshold)
+    labels = cut(tree if tree is not None else average_linkage(embeddings), distance_threshold=options.threshold)
     return len(np.unique(_absorb_small(embeddings, labels, seconds, options.min_speaker_time)))
 
 
-def _best_by_silhouette(emb: np.ndarray, lo: int, hi: int, fixed: Any) -> tuple[int, np.ndarray]:
-    from mmva.analyze.linkage import cosine_distances, silhouette_score
+def _best_by_silhouette(distances: np.ndarray, lo: int, hi: int, fixed: Any) -> tuple[int, np.ndarray]:
+    """The cut (``fixed(k)``, k in lo..hi) with the best silhouette on the points' ``distances``."""
+    from mmva.analyze.linkage import silhouette_score
 
-    distances = cosine_distances(emb)
     best: tuple[float, int, np.ndarray] | None = None
     for k in range(lo, max(lo, hi) + 1):
         labels = fixed(k)
-        if len(np.unique(labels)) < 2 or len(np.unique(labels)) >= len(emb):
+        if len(np.unique(labels)) < 2 or len(np.unique(labels)) >= len(distances):
             score = -1.0
         else:
             score = silhouette_score(distances, labels)

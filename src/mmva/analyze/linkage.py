@@ -38,12 +38,14 @@ def cosine_distances(x: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class Tree:
     """The merges of an agglomerative clustering of ``n`` points, in the order made: clusters
-    (named by a member row) ``keep`` and ``gone`` joined at ``distance`` (non-decreasing)."""
+    (named by a member row) ``keep`` and ``gone`` joined at ``distance`` (non-decreasing), and the
+    points' own distances."""
 
     n: int
     keep: np.ndarray
     gone: np.ndarray
     distance: np.ndarray
+    distances: np.ndarray  # (n, n) cosine distances of the points (for :func:`silhouette_score`)
 
 
 def average_linkage(x: np.ndarray) -> Tree:
@@ -54,11 +56,12 @@ def average_linkage(x: np.ndarray) -> Tree:
     active cluster is cached and only refreshed where a merge touched it, so a merge costs O(n)
     in the common case (2,000 points: well under a second).
     """
-    d = cosine_distances(x)
+    points = cosine_distances(x)
+    d = points.copy()
     n = len(d)
     keep, gone, dist = np.zeros(max(n - 1, 0), int), np.zeros(max(n - 1, 0), int), np.zeros(max(n - 1, 0))
     if n < 2:
-        return Tree(n, keep, gone, dist)
+        return Tree(n, keep, gone, dist, points)
     np.fill_diagonal(d, np.inf)
     size = np.ones(n)
     nn = d.argmin(1)
@@ -91,7 +94,7 @@ def average_linkage(x: np.ndarray) -> Tree:
             nn_d[a] = d[a, nn[a]]
         else:
             nn_d[a] = np.inf
-    return Tree(n, keep, gone, dist)
+    return Tree(n, keep, gone, dist, points)
 
 
 def cut(tree: Tree, n_clusters: int | None = None, distance_threshold: float | None = None) -> np.ndarray:
