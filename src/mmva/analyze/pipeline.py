@@ -452,8 +452,9 @@ def _label_known(diarizer: Diarizer, utts: list[Utterance], chunk: np.ndarray, t
 
 def _asr_windows(path: str, duration: float, asr: Any, opts: AnalyzeOptions, stages: _Stages,
                  reach: list[float], diarizer: Callable[[], Diarizer | None] | None = None
-                 ) -> Iterator[tuple[list[Utterance], np.ndarray | None, float]]:
-    """Yield (utterances, audio chunk, chunk start) window by window, cutting windows at pauses.
+                 ) -> Iterator[tuple[list[Utterance], np.ndarray | None, float, list[tuple[float, float]] | None]]:
+    """Yield (utterances, audio chunk, chunk start, voice-activity regions relative to the chunk start)
+    window by window, cutting windows at pauses.
 
     ``diarizer()`` gives the diarizer (None: speakers are not labelled).
     """
@@ -512,7 +513,8 @@ def _cut_point(chunk: np.ndarray, regions: list[tuple[float, float]], window: fl
 
 
 def _known_windows(path: str, utts: list[Utterance], has_audio: bool, duration: float, opts: AnalyzeOptions,
-                   stages: _Stages, reach: list[float]) -> Iterator[tuple[list[Utterance], np.ndarray | None, float]]:
+                   stages: _Stages, reach: list[float]
+                   ) -> Iterator[tuple[list[Utterance], np.ndarray | None, float, list[tuple[float, float]] | None]]:
     """Group known utterances (subtitles, windows) into spans of about ``opts.window`` seconds."""
     utts = [u for u in utts if duration <= 0 or (u.start_time or 0.0) < duration]
     i = 0

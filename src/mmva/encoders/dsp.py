@@ -10,7 +10,7 @@ this module adds ~4 ms). The functions below reproduce librosa's exact steps and
 where librosa is float32) so that the shipped voice head, trained on librosa's numbers, sees the
 same features: tests/test_dsp.py compares each one with librosa on real speech, noise, silence and
 short clips. All are bit-identical except the MFCCs (a float64 DCT matrix instead of scipy's float32
-DCT) and their deltas, and YIN (numpy's float32 FFT instead of scipy's): relative differences ~1e-6,
+DCT) and their deltas, and YIN (a shorter FFT for the autocorrelation than librosa's): relative differences ~1e-6,
 1e-4 at worst in a frame. Only what the two callers use is here. Warm, ``acoustic_features`` of a
 3 s clip takes ~18 ms against librosa's ~20 ms (numpy's FFT is slower than scipy's, but YIN's
 autocorrelation here uses a shorter one).
