@@ -184,3 +184,20 @@ def test_crossval_refuses_a_manifest_without_the_group_column(tmp_path) -> None:
     manifest.write_text("path,emotion\n/a.wav,joy\n/b.wav,anger\n")
     res = CliRunner().invoke(app, ["crossval", "--data", str(manifest), "--out", str(tmp_path / "cv")])
     assert res.exit_code == 2 and "no 'speaker' column" in res.output.replace("\n", "")
+
+
+def test_speech_measured_by_the_caller_spares_the_vad_and_gives_the_same_probabilities(head) -> None:
+    """mmva analyze passes each utterance's speech seconds from the window's voice activity
+    (speech_seconds): the same features as the head's own VAD pass where there is speech, and the
+    modality absent where the caller found less than 0.1 s of it."""
+    rng = np.random.default_rng(0)
+    voice = speak("I cannot believe you did that again")
+    noise = (0.2 * rng.standard_normal(16000)).astype(np.float32)
+    own = head.predict_proba_batch([voice, noise], 16000)
+    assert own[0] is not None and own[1] is None  # loud noise is not speech to the VAD
+    given = head.predict_proba_batch([voice, noise], 16000, speech_seconds=[1.2, 0.0])
+    np.testing.assert_allclose(given[0], own[0], atol=1e-6)
+    assert given[1] is None
+    assert head.predict_proba_batch([voice], 16000, speech_seconds=[0.05]) == [None]
+    with pytest.raises(ValueError, match="speech_seconds has 1 items for 2 clips"):
+        head.predict_proba_batch([voice, noise], 16000, speech_seconds=[1.0])

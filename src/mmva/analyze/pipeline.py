@@ -340,7 +340,7 @@ def _analyze_media(path: str, subtitles: str | None, asr_model: str | None, devi
         if faces is None and callable(getattr(current, "speaker_faces", None)):
             faces = current.speaker_faces()
         # Speech in each utterance, from the window's voice activity (the voice head need not look again).
-        speech = _speech_seconds(utts, regions, t0) if regions is not None else None
+        speech = _utterance_speech(utts, regions, t0) if regions is not None else None
         _predict(current, utts, audio, frames, opts, top_k, stages, frac, history, sources, faces, speech)
         if decoding is not None:  # the decoder may still be closing the file, timing or noting a problem
             decoding.result()
@@ -639,11 +639,11 @@ def _collect_frames(path: str, utts: list[Utterance], opts: AnalyzeOptions,
 FOLLOWING_TURNS = 2  # next utterances passed to a model that uses them (it keeps what it was trained on)
 
 
-def _speech_seconds(utts: list[Utterance], regions: list[tuple[float, float]], t0: float) -> list[float]:
+def _utterance_speech(utts: list[Utterance], regions: list[tuple[float, float]], t0: float) -> list[float]:
     """Seconds of voice activity (``regions``, relative to ``t0``) inside each utterance's span.
 
     >>> u = Utterance(text="hi", start_time=10.0, end_time=12.0)
-    >>> _speech_seconds([u], [(0.5, 1.0), (1.5, 3.0)], 9.0)
+    >>> _utterance_speech([u], [(0.5, 1.0), (1.5, 3.0)], 9.0)
     [1.5]
     """
     out = []
