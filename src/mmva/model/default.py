@@ -548,10 +548,10 @@ def _distil_line(tc: dict[str, Any]) -> str:
     if not tc.get("teacher"):
         return ""
     return (f"**Distillation.** Trained on MELD train with the soft targets of the accurate model (MPNet-base, "
-            f"`src/mmva/assets/accurate`, calibrated logits with two previous utterances): loss = "
-            f"{1 - tc['kd_weight']:g} x class-weighted cross-entropy + {tc['kd_weight']:g} x T^2 KL at "
-            f"T={tc.get('kd_temperature', 2.0):g}. The teacher's logits on the training split come from "
-            "`TextClassifier.predict_logits` over `read_meld_text(train, 2)` (saved as uid, emotion, sentiment).\n\n")
+            f"`src/mmva/assets/accurate`): loss = {1 - tc['kd_weight']:g} x class-weighted cross-entropy + "
+            f"{tc['kd_weight']:g} x T^2 KL at T={tc.get('kd_temperature', 2.0):g}. `TEACHER_LOGITS.npz` is made by "
+            "`python tools/teacher_logits.py` (by default the teacher's calibrated log-probabilities with two previous "
+            "utterances and with the next one too, averaged; `--past-only` for the first view alone).\n\n")
 
 
 def render_model_card(run_dir: str | Path, fusion_weights: dict[str, float] | None = None) -> str:
