@@ -16,7 +16,8 @@ import pytest
 
 import mmva
 from mmva.encoders import dsp
-from mmva.encoders.acoustic import FEATURE_NAMES, FMAX, FMIN, HOP, N_FFT, N_MFCC, SAMPLE_RATE, _slope, acoustic_features
+from mmva.encoders.acoustic import (FEATURE_NAMES, FMAX, FMIN, HOP, N_FFT, N_MFCC, SAMPLE_RATE, acoustic_features,
+                                    fixed_loudness, statistics)
 from mmva.encoders.speaker import mel_frames
 from tests.media import silence, speak
 
@@ -105,45 +106,25 @@ def test_delta_edges_are_the_edge_windows_fit() -> None:
 
 
 def _librosa_acoustic_features(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """acoustic_features as it was before dsp.py (librosa calls): what the voice head was trained on."""
+    """acoustic_features with librosa's frame-level features, as before dsp.py (what the voice head
+    was trained on), through the same loudness scaling and statistics."""
     y = np.asarray(audio, dtype=np.float32).reshape(-1)
     if sample_rate != SAMPLE_RATE:
         y = librosa.resample(y, orig_sr=sample_rate, target_sr=SAMPLE_RATE)
-    if y.size < N_FFT:
-        y = np.pad(y, (0, N_FFT - y.size))
-    rms = librosa.feature.rms(y=y, frame_length=N_FFT, hop_length=HOP)[0]
-    active = rms > max(rms.max() * 0.1, 1e-5)
-    level = float(np.sqrt(np.mean(rms[active] ** 2))) if active.any() else 0.0
-    if level > 0:
-        y = y * (0.1 / level)
-        rms = rms * (0.1 / level)
+    y, rms, active = fixed_loudness(
+        y, lambda y, n_fft, hop: librosa.feature.rms(y=y, frame_length=n_fft, hop_length=hop)[0])
     S = np.abs(librosa.stft(y, n_fft=N_FFT, hop_length=HOP)) ** 2
     mel = librosa.feature.melspectrogram(S=S, sr=SAMPLE_RATE, n_mels=64)
     mfcc = librosa.feature.mfcc(S=librosa.power_to_db(mel), n_mfcc=N_MFCC)
     dmfcc = librosa.feature.delta(mfcc[:13], width=min(9, mfcc.shape[1] - (1 - mfcc.shape[1] % 2))) \
         if mfcc.shape[1] >= 3 else np.zeros((13, 1))
     f0 = librosa.yin(y, fmin=FMIN, fmax=FMAX, sr=SAMPLE_RATE, frame_length=1024, hop_length=HOP)
-    n = min(len(f0), len(rms))
-    voiced = active[:n] & (f0[:n] > FMIN * 1.05) & (f0[:n] < FMAX * 0.95)
-    semis = 12 * np.log2(f0[:n][voiced] / 100.0) if voiced.any() else np.zeros(1)
-    p10, p50, p90 = np.percentile(semis, [10, 50, 90])
-    loud = 20 * np.log10(rms + 1e-5)
-    loud_act = loud[active] if active.any() else loud
-    centroid = librosa.feature.spectral_centroid(S=np.sqrt(S), sr=SAMPLE_RATE)[0]
-    flat = librosa.feature.spectral_flatness(S=np.sqrt(S))[0]
-    rolloff = librosa.feature.spectral_rolloff(S=np.sqrt(S), sr=SAMPLE_RATE)[0]
-    zcr = librosa.feature.zero_crossing_rate(y, frame_length=N_FFT, hop_length=HOP)[0]
-    contrast = librosa.feature.spectral_contrast(S=np.sqrt(S), sr=SAMPLE_RATE, n_bands=4)
-    feats = [mfcc.mean(1), mfcc.std(1), dmfcc.std(1),
-             [semis.mean(), semis.std(), p10, p50, p90, p90 - p10, _slope(semis),
-              float(np.abs(np.diff(semis)).mean()) if semis.size > 1 else 0.0],
-             [voiced.mean() if n else 0.0, loud_act.std(), np.percentile(loud_act, 95) - np.percentile(loud_act, 5),
-              float(np.abs(np.diff(loud_act)).mean()) if loud_act.size > 1 else 0.0, _slope(loud_act),
-              active.mean(), np.log1p(centroid.mean()), centroid.std() / (centroid.mean() + 1e-6),
-              np.log(flat.mean() + 1e-8), np.log1p(rolloff.mean()), zcr.mean(), contrast.mean(),
-              np.log(y.size / SAMPLE_RATE)]]
-    out = np.concatenate([np.asarray(f, dtype=np.float64).reshape(-1) for f in feats]).astype(np.float32)
-    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+    mag = np.sqrt(S)
+    return statistics(y, rms, active, mfcc, dmfcc, f0, librosa.feature.spectral_centroid(S=mag, sr=SAMPLE_RATE)[0],
+                      librosa.feature.spectral_flatness(S=mag)[0],
+                      librosa.feature.spectral_rolloff(S=mag, sr=SAMPLE_RATE)[0],
+                      librosa.feature.zero_crossing_rate(y, frame_length=N_FFT, hop_length=HOP)[0],
+                      librosa.feature.spectral_contrast(S=mag, sr=SAMPLE_RATE, n_bands=4))
 
 
 def _inputs(clips: dict[str, np.ndarray]) -> list[tuple[np.ndarray, int]]:

@@ -22,6 +22,8 @@ True
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from mmva.encoders import dsp
@@ -60,31 +62,43 @@ def acoustic_features(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.n
         raise ValueError("audio is not finite everywhere")
     if sample_rate != SAMPLE_RATE:
         y = dsp.resample(y, sample_rate, SAMPLE_RATE)
-    if y.size < N_FFT:
-        y = np.pad(y, (0, N_FFT - y.size))
-    rms = dsp.rms(y, N_FFT, HOP)
-    active = rms > max(rms.max() * 0.1, 1e-5)
-    level = float(np.sqrt(np.mean(rms[active] ** 2))) if active.any() else 0.0
-    if level > 0:
-        y = y * (0.1 / level)
-        rms = rms * (0.1 / level)
+    y, rms, active = fixed_loudness(y, dsp.rms)
     S = np.abs(dsp.stft(y, N_FFT, HOP)) ** 2
     mfcc = dsp.mfcc(dsp.power_to_db(dsp.mel_filters(SAMPLE_RATE, N_FFT, 64) @ S), N_MFCC)
     dmfcc = dsp.delta(mfcc[:13], width=min(9, mfcc.shape[1] - (1 - mfcc.shape[1] % 2))) \
         if mfcc.shape[1] >= 3 else np.zeros((13, 1))
     f0 = dsp.yin(y, FMIN, FMAX, SAMPLE_RATE, frame_length=1024, hop=HOP)
+    mag = np.sqrt(S)
+    return statistics(y, rms, active, mfcc, dmfcc, f0, dsp.spectral_centroid(mag, SAMPLE_RATE),
+                      dsp.spectral_flatness(mag), dsp.spectral_rolloff(mag, SAMPLE_RATE),
+                      dsp.zero_crossing_rate(y, N_FFT, HOP), dsp.spectral_contrast(mag, SAMPLE_RATE, n_bands=4))
+
+
+def fixed_loudness(y: np.ndarray, rms_of: Callable[[np.ndarray, int, int], np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``y`` padded to one FFT window and scaled so its active frames (RMS over a tenth of the
+    loudest) have RMS 0.1, with its frame RMS (``rms_of(y, N_FFT, HOP)``, scaled too) and the active
+    mask; silence is left as is."""
+    if y.size < N_FFT:
+        y = np.pad(y, (0, N_FFT - y.size))
+    rms = rms_of(y, N_FFT, HOP)
+    active = rms > max(rms.max() * 0.1, 1e-5)
+    level = float(np.sqrt(np.mean(rms[active] ** 2))) if active.any() else 0.0
+    if level > 0:
+        y = y * (0.1 / level)
+        rms = rms * (0.1 / level)
+    return y, rms, active
+
+
+def statistics(y: np.ndarray, rms: np.ndarray, active: np.ndarray, mfcc: np.ndarray, dmfcc: np.ndarray,
+               f0: np.ndarray, centroid: np.ndarray, flat: np.ndarray, rolloff: np.ndarray, zcr: np.ndarray,
+               contrast: np.ndarray) -> np.ndarray:
+    """The :data:`FEATURE_NAMES` statistics of an utterance's frame-level features (float32, finite)."""
     n = min(len(f0), len(rms))
     voiced = active[:n] & (f0[:n] > FMIN * 1.05) & (f0[:n] < FMAX * 0.95)
     semis = 12 * np.log2(f0[:n][voiced] / 100.0) if voiced.any() else np.zeros(1)
     p10, p50, p90 = np.percentile(semis, [10, 50, 90])
     loud = 20 * np.log10(rms + 1e-5)
     loud_act = loud[active] if active.any() else loud
-    mag = np.sqrt(S)
-    centroid = dsp.spectral_centroid(mag, SAMPLE_RATE)
-    flat = dsp.spectral_flatness(mag)
-    rolloff = dsp.spectral_rolloff(mag, SAMPLE_RATE)
-    zcr = dsp.zero_crossing_rate(y, N_FFT, HOP)
-    contrast = dsp.spectral_contrast(mag, SAMPLE_RATE, n_bands=4)
     feats = [mfcc.mean(1), mfcc.std(1), dmfcc.std(1),
              [semis.mean(), semis.std(), p10, p50, p90, p90 - p10, _slope(semis),
               float(np.abs(np.diff(semis)).mean()) if semis.size > 1 else 0.0],
