@@ -370,14 +370,13 @@ class _FramesLater:
         if not self._items[i].done():
             self._items[i].set_result(frames)
 
-    def fill(self, collect: Callable[[], list[np.ndarray | None]]) -> Callable[[], None]:
-        """A job for the decoding thread: run ``collect`` (which delivers as it goes), then deliver
-        whatever it returned and was not delivered yet, or its error to every waiting item."""
+    def fill(self, collect: Callable[[], Any]) -> Callable[[], None]:
+        """A job for the decoding thread: run ``collect``, which delivers every item (see
+        :func:`_collect_frames`); its error goes to every item not delivered yet."""
 
         def run() -> None:
             try:
-                for i, f in enumerate(collect()):
-                    self.deliver(i, f)
+                collect()
             except BaseException as exc:
                 for item in self._items:
                     if not item.done():
