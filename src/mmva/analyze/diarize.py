@@ -143,11 +143,11 @@ def cluster(embeddings: np.ndarray, options: DiarizeOptions, seconds: np.ndarray
         return np.zeros(1, int)
     tree = average_linkage(embeddings)
 
-    def fixed(k: int) -> np.ndarray:
+    def fixed(k: int) -> np.ndarray:  # numbered in order of first appearance by cut()
         return cut(tree, n_clusters=max(1, min(k, n)))
 
     if options.speakers is not None:
-        return _first_appearance(fixed(options.speakers))
+        return fixed(options.speakers)
     weight = np.full(n, options.hop) if seconds is None else np.asarray(seconds, float)
     if several is None:
         several = count_voices(embeddings, options, weight, tree) > 1
@@ -160,7 +160,7 @@ def cluster(embeddings: np.ndarray, options: DiarizeOptions, seconds: np.ndarray
         k, labels = _best_by_silhouette(tree.distances, max(2, lo), max(2, hi), fixed)
     elif not lo <= k <= hi:
         labels = fixed(min(max(k, lo), hi))
-    return _first_appearance(labels)
+    return labels
 
 
 MAX_AUTO = 8  # the most speakers found automatically (without --speakers or --max-speakers)
@@ -207,13 +207,6 @@ def _absorb_small(emb: np.ndarray, labels: np.ndarray, seconds: np.ndarray, min_
     small = ~np.isin(labels, big)
     out[small] = big[np.argmax(emb[small] @ centroids.T, axis=1)]
     return out
-
-
-def _first_appearance(labels: np.ndarray) -> np.ndarray:
-    order: dict[int, int] = {}
-    for lab in labels:
-        order.setdefault(int(lab), len(order))
-    return np.array([order[int(lab)] for lab in labels], dtype=int)
 
 
 @dataclass
