@@ -477,7 +477,7 @@ class FaceHead:
                     logits, emb = self.session.run(None, {"crops": crops.astype(np.float32)[:, None]})
                 else:
                     logits, emb = self._eager(crops)
-            return _softmax_to_meld(logits / self.temperature), np.asarray(emb, np.float32)
+            return softmax_to_meld(logits / self.temperature), np.asarray(emb, np.float32)
         import torch
 
         from mmva.encoders.face_xception import normalise_crops
@@ -497,7 +497,7 @@ class FaceHead:
         return logits.numpy(), emb.numpy()
 
 
-def _softmax_to_meld(z: np.ndarray) -> np.ndarray:
+def softmax_to_meld(z: np.ndarray) -> np.ndarray:
     """FER+ logits ``(n, 8)`` -> MELD-ordered probabilities ``(n, 7)``, contempt's share renormalised away
     (float64 inside, float32 out)."""
     z = np.asarray(z, np.float64)

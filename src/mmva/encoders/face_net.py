@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mmva.encoders.face import FACE_NET_INPUT, FERPLUS_LABELS, FERPLUS_TO_MELD
+from mmva.encoders.face import FACE_NET_INPUT, FERPLUS_LABELS
 
 # The labels and input size live in the torch-free mmva.encoders.face (which runs this network's ONNX form).
 INPUT_SIZE = FACE_NET_INPUT
@@ -59,12 +59,6 @@ class FaceNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         emb = self.features(standardise(x)).mean(dim=(2, 3))
         return self.head(self.dropout(emb)), emb
-
-
-def to_meld(probs: torch.Tensor) -> torch.Tensor:
-    """FER+ probabilities ``(..., 8)`` -> MELD-ordered ``(..., 7)``, contempt's share renormalised away."""
-    p = probs[..., list(FERPLUS_TO_MELD)]
-    return p / p.sum(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 def load_face_net(path: str | Path) -> FaceNet:

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mmva.encoders.face_net import FERPLUS_LABELS, FERPLUS_TO_MELD, INPUT_SIZE, FaceNet, to_meld
+from mmva.encoders.face import FERPLUS_LABELS, FERPLUS_TO_MELD, softmax_to_meld
+from mmva.encoders.face_net import INPUT_SIZE, FaceNet
 from mmva.io import storage
 from mmva.labels import EMOTIONS
 
@@ -172,7 +173,7 @@ def meld_scores(logits: torch.Tensor, temperature: float, labels_meld: np.ndarra
     """Accuracy, UAR, ECE and per-class recall in MELD order (7-way, contempt dropped)."""
     from sklearn.metrics import balanced_accuracy_score, confusion_matrix
 
-    probs = to_meld(torch.softmax(logits / temperature, -1)).numpy()
+    probs = softmax_to_meld((logits / temperature).numpy())
     pred = probs.argmax(1)
     present = sorted(set(labels_meld.tolist()))
     cm = confusion_matrix(labels_meld, pred, labels=list(range(7)))
