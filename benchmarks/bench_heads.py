@@ -88,8 +88,11 @@ def bench_voice(args: argparse.Namespace) -> dict:
         variants += [("whisper-base", "speaker"), ("whisper-base+acoustic", "speaker")]
     out: dict = {"machine": machine_info(), "clips": len(rows),
                  "corpora": sorted({r["corpus"] for r in rows}), "full": {}, "subset": {}}
-    # the shipped speaker head's recipe: the same linear head with input dropout 0.7 (docs/voice.md)
+    # the previous speaker head's recipe: the same linear head with input dropout 0.7 (docs/voice.md)
     variants.insert(5, ("whisper+acoustic", "speaker", 0.7))
+    if (Path(args.work) / "whisper-b12.npz").exists():  # the shipped feature: Whisper's middle blocks
+        variants += [("whisper-b12", "speaker"), ("whisper-b12+acoustic", "speaker"),
+                     ("whisper-b12+acoustic", "speaker", 0.7), ("whisper-b12+acoustic", "global")]
     for kinds, norm, *dropout in variants:
         t = time.time()
         key = f"{kinds}|{norm}" + (f"|dropout {dropout[0]}" if dropout else "")

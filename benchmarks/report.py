@@ -350,9 +350,11 @@ def _voice_speakers_block(name: str, vs: dict) -> list[str]:
 VOICE_NAMES = {"mfcc": "40 MFCC mean + std, RMS", "acoustic": "acoustic statistics (MFCC, YIN pitch, energy)",
                "whisper": "Whisper tiny.en encoder states, mean + std", "whisper-base": "Whisper base encoder states",
                "whisper+acoustic": "Whisper tiny + acoustic", "whisper-base+acoustic": "Whisper base + acoustic",
-               "prosody": "prosody functionals (previous head)"}
+               "prosody": "prosody functionals (previous head)",
+               "whisper-b12": "Whisper tiny.en blocks 1 and 2 (of 4), mean + std",
+               "whisper-b12+acoustic": "Whisper tiny blocks 1+2 + acoustic"}
 # the rows of the shipped heads: utterance (global, dropout 0.2), speaker (dropout 0.7)
-SHIPPED_VOICE = {("whisper+acoustic", "global", ()), ("whisper+acoustic", "speaker", ("dropout 0.7",))}
+SHIPPED_VOICE = {("whisper-b12+acoustic", "global", ()), ("whisper-b12+acoustic", "speaker", ("dropout 0.7",))}
 
 
 def _voice_rows(block: dict) -> list[list]:

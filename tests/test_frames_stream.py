@@ -115,3 +115,57 @@ def test_face_thread_of_predict_reports_the_text_error_first_and_its_own_otherwi
     monkeypatch.setattr(model, "text_probs", lambda texts, *a: [None] * len(texts))
     with pytest.raises(ValueError, match="face broke"):
         model.predict(["hello"], frames=[np.zeros((1, 8, 8, 3), np.uint8)])
+
+
+# -- the next window's speech recognition runs while this window is predicted ------------------------
+def test_windows_are_worked_out_one_ahead_in_order() -> None:
+    from mmva.analyze.pipeline import _one_ahead
+
+    made: list[int] = []
+    second_started = threading.Event()
+
+    def windows():
+        for k in range(4):
+            if k == 1:
+                second_started.set()
+            made.append(k)
+            yield k
+
+    got = []
+    for k in _one_ahead(windows(), "test"):
+        if k == 0:  # while the caller holds window 0, the producer is already on window 1
+            assert second_started.wait(5)
+        got.append(k)
+    assert got == [0, 1, 2, 3] == made
+
+
+def test_a_window_error_reaches_the_caller_and_an_early_stop_stops_the_producer() -> None:
+    import time
+
+    from mmva.analyze.pipeline import _one_ahead
+
+    def failing():
+        yield "w0"
+        raise RuntimeError("audio ends early")
+
+    seen = []
+    with pytest.raises(RuntimeError, match="audio ends early"):
+        for w in _one_ahead(failing(), "test"):
+            seen.append(w)
+    assert seen == ["w0"]
+
+    made: list[int] = []
+
+    def endless():
+        k = 0
+        while True:
+            made.append(k)
+            yield k
+            k += 1
+
+    for k in _one_ahead(endless(), "test"):
+        break
+    time.sleep(0.5)
+    n = len(made)
+    time.sleep(0.3)
+    assert n == len(made) and n <= 3  # one handed over, one ready, at most one more computed

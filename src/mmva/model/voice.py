@@ -308,7 +308,7 @@ class FeatureVoiceHead(_SingleClip):
         if self._states is None:
             from mmva.encoders.whisper_states import shared_states
 
-            self._states = shared_states(self.feature.get("path"))
+            self._states = shared_states(self.feature.get("path"), self.feature.get("blocks"))
         return self._states
 
     def _resample(self, y: np.ndarray, sample_rate: int) -> np.ndarray:

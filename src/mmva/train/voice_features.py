@@ -6,6 +6,9 @@ Kinds (each its own ``{kind}.npz`` in the work folder, written in chunks so a st
   the feature `mmva analyze` computes for every utterance; the frame states are kept too
   (``whisper_frames.npy``, float16) for pooling heads that learn their own weights over frames.
 - ``whisper-base``: the same with Whisper base (multilingual), when its folder is given.
+- ``whisper-b12`` (any block digits, ``whisper-b2``...): Whisper tiny.en's middle blocks
+  (:class:`mmva.encoders.whisper_states.WhisperBlockStates`), each block pooled to mean + std and the
+  blocks averaged: the shipped head's feature since issue 13.
 - ``prosody``: the librosa prosody functionals of :mod:`mmva.encoders.prosody`.
 - ``acoustic``: :func:`mmva.encoders.acoustic.acoustic_features` (MFCC, YIN pitch, energy, spectrum).
 - ``mfcc``: 40 MFCC means and standard deviations + RMS (the simple baseline of BASELINES.md).
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -82,6 +86,12 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     storage.write_atomic(str(path), write, fsync=False)
 
 
+def block_kind(kind: str) -> tuple[int, ...]:
+    """``"whisper-b12"`` -> ``(1, 2)``; ``()`` for any other kind."""
+    m = re.fullmatch(r"whisper-b(\d+)", kind)
+    return tuple(int(c) for c in m.group(1)) if m else ()
+
+
 def _extract_kind(kind: str, paths: list[str], folder: Path, *, whisper_base: str | None,
                   progress: Callable[[str, int, int], None] | None) -> np.ndarray:
     final = folder / f"{kind}.npz"
@@ -91,7 +101,12 @@ def _extract_kind(kind: str, paths: list[str], folder: Path, *, whisper_base: st
             return data["x"]
         log.warning("%s: made for another manifest, recomputing", final)
     encoder: Any = None
-    if kind in ("whisper", "whisper-base"):
+    blocks = block_kind(kind)
+    if blocks:
+        from mmva.encoders.whisper_states import WhisperBlockStates
+
+        encoder = WhisperBlockStates(None, blocks)
+    elif kind in ("whisper", "whisper-base"):
         from mmva.encoders.whisper_states import WhisperStates
 
         if kind == "whisper-base" and not whisper_base:
@@ -113,7 +128,9 @@ def _extract_kind(kind: str, paths: list[str], folder: Path, *, whisper_base: st
             continue
         audios = [load_audio(p) for p in batch]
         extra: dict[str, np.ndarray] = {}
-        if encoder is not None:
+        if blocks:
+            x = encoder.pooled_batch(audios)
+        elif encoder is not None:
             states = encoder.states_batch(audios)
             x = np.stack([encoder.pool(s) for s in states])
             if kind == "whisper":
