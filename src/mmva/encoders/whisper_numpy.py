@@ -18,6 +18,7 @@ import mmap
 import os
 import re
 import struct
+import threading
 from functools import lru_cache
 from typing import Any
 
@@ -137,8 +138,9 @@ class WhisperEncoderLayers:
     def __call__(self, mel: np.ndarray) -> list[np.ndarray]:
         """The states after the front end and after each block: ``layers + 1`` arrays ``(frames, d)``."""
         # One BLAS thread: these small products gain nothing from a second one, and beside the
-        # analyze pipeline's other threads OpenBLAS's spinning workers made them 35 % slower.
-        with _blas().limit(limits=1, user_api="blas"):
+        # analyze pipeline's other threads OpenBLAS's spinning workers made them 35 % slower. The
+        # limit is process-wide, so calls take turns (else overlapping limits could restore wrongly).
+        with _BLAS_LOCK, _blas().limit(limits=1, user_api="blas"):
             return self._run(mel)
 
     def _run(self, mel: np.ndarray) -> list[np.ndarray]:
@@ -164,6 +166,9 @@ class WhisperEncoderLayers:
             x = (x + h @ w[p + "ffn/linear_1/weight"].T + w[p + "ffn/linear_1/bias"]).astype(np.float32)
             out.append(x)
         return out
+
+
+_BLAS_LOCK = threading.Lock()
 
 
 @lru_cache(maxsize=1)
