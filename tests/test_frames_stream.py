@@ -155,17 +155,25 @@ def test_a_window_error_reaches_the_caller_and_an_early_stop_stops_the_producer(
     assert seen == ["w0"]
 
     made: list[int] = []
+    closed = threading.Event()
 
     def endless():
         k = 0
-        while True:
-            made.append(k)
-            yield k
-            k += 1
+        try:
+            while True:
+                made.append(k)
+                yield k
+                k += 1
+        finally:
+            closed.set()
 
-    for k in _one_ahead(endless(), "test"):
+    windows = _one_ahead(endless(), "test-early-stop")
+    for k in windows:
         break
-    time.sleep(0.5)
-    n = len(made)
-    time.sleep(0.3)
-    assert n == len(made) and n <= 3  # one handed over, one ready, at most one more computed
+    windows.close()  # what analyze does when a window fails: the producer thread must end
+    assert closed.wait(5)  # the window generator itself was closed, by the producer thread
+    for t in threading.enumerate():
+        if t.name == "test-early-stop":
+            t.join(5)
+            assert not t.is_alive()
+    assert len(made) <= 3  # one handed over, one ready, at most one more computed

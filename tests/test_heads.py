@@ -74,7 +74,7 @@ def test_voice_fit_scores_unseen_corpora_and_writes_a_head_that_loads(speech_cor
                                    "--work", str(tmp_path / "work"), "--loso-splits", "3"])
     assert res.exit_code == 0, res.output
     cfg = json.loads((out / "voice.json").read_text())
-    assert cfg["format"] == "mmva-voice-head-2" and set(cfg["heads"]) == {"utterance", "speaker"}
+    assert cfg["format"] == "mmva-voice-head-3" and set(cfg["heads"]) == {"utterance", "speaker"}
     loco = cfg["scores"]["speaker"]["loco_per_corpus"]
     assert set(loco) == {"c1", "c2"}
     # excited vs flat speech of another corpus's voices: well above the 50% of a coin
@@ -93,7 +93,7 @@ def test_voice_fit_scores_unseen_corpora_and_writes_a_head_that_loads(speech_cor
     # the per-speaker head normalises one recording's clips together
     batch = head.predict_proba_batch([excited, flat] * 3, same_speaker=True)
     assert all(p is not None for p in batch) and batch[0][ANGER] > batch[1][ANGER]
-    # a second run reuses the cached feature tables
+    # the feature tables are cached for a second run (resumable)
     assert (tmp_path / "work" / "whisper-b12.npz").exists() and (tmp_path / "work" / "acoustic.npz").exists()
     # the feature is Whisper's middle blocks (1 and 2), recorded for analyze to compute the same
     assert cfg["feature"]["blocks"] == [1, 2] and head.feature["blocks"] == [1, 2]
@@ -203,3 +203,29 @@ def test_face_training_resumes_where_it_stopped(tmp_path) -> None:
     resumed = train_face(str(path), str(tmp_path / "part"), epochs=2, batch_size=32, threads=1)
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     assert resumed["history"][-1]["train_loss"] == pytest.approx(full["history"][-1]["train_loss"], rel=1e-4)
+
+
+def test_a_voice_head_of_the_previous_format_still_reads_whispers_last_layer(tmp_path) -> None:
+    """A head fitted before issue 13's layer study (format 2, no "blocks") keeps its feature: the
+    last encoder layer, through the speech recogniser's own CTranslate2 model and under its lock
+    (the next window's transcription may run at the same time)."""
+    import shutil
+
+    from mmva.analyze.asr import load_asr
+    from mmva.encoders.whisper_states import WhisperStates, shared_states
+    from mmva.model.voice import load_voice_head
+
+    old = tmp_path / "old-head"
+    shutil.copytree(load_voice_head().source, old)
+    cfg = json.loads((old / "voice.json").read_text())
+    cfg["format"], cfg["version"] = "mmva-voice-head-2", 2
+    cfg["feature"].pop("blocks")
+    (old / "voice.json").write_text(json.dumps(cfg))
+    head = load_voice_head(str(old))
+    clip = speak("we are going to the station tomorrow")
+    feats = head.features_batch([clip])[0]
+    states = shared_states(None)
+    assert isinstance(states, WhisperStates) and states._lock is load_asr(None, "cpu")._mmva_lock
+    assert np.allclose(feats[:768], states.pooled(clip), atol=1e-6)
+    p = head.predict_proba(clip)
+    assert p.shape == (7,) and np.isfinite(p).all()

@@ -77,6 +77,43 @@ def test_bad_model_files_and_blocks_are_named(tmp_path, folder) -> None:
         WhisperEncoderLayers(folder, 5)
 
 
+def _ct2_file(path, variables: list[tuple[str, int, np.ndarray]]) -> None:
+    """A CTranslate2 binary (version 6) with the given (name, type code, array) variables."""
+    import struct
+
+    def name(text: str) -> bytes:
+        raw = text.encode() + b"\0"
+        return struct.pack("<H", len(raw)) + raw
+
+    out = struct.pack("<I", 6) + name("WhisperSpec") + struct.pack("<I", 3) + struct.pack("<I", len(variables))
+    for var, code, arr in variables:
+        data = arr.tobytes()
+        out += name(var) + struct.pack("<B", arr.ndim) + b"".join(struct.pack("<I", d) for d in arr.shape)
+        out += struct.pack("<B", code) + struct.pack("<I", len(data)) + data
+    path.write_bytes(out + struct.pack("<I", 0))
+
+
+def test_quantized_weights_are_scaled_back_and_unreadable_types_are_named(tmp_path) -> None:
+    from mmva.encoders.whisper_numpy import read_ct2_variables
+
+    w = np.array([[10, -20, 30], [40, 50, -60]], np.int8)
+    scale = np.array([10.0, 20.0], np.float32)
+    f = tmp_path / "model.bin"
+    _ct2_file(f, [("encoder/x/weight", 1, w), ("encoder/x/weight_scale", 0, scale),
+                  ("encoder/x/bias", 4, np.array([0.5, -1.5], np.float16)), ("decoder/y", 0, np.ones(2, np.float32))])
+    got = read_ct2_variables(str(f), "encoder/")
+    assert set(got) == {"encoder/x/weight", "encoder/x/bias"}
+    assert np.allclose(got["encoder/x/weight"], w / scale[:, None]) and got["encoder/x/weight"].dtype == np.float32
+    assert np.array_equal(got["encoder/x/bias"], [0.5, -1.5])
+    _ct2_file(f, [("encoder/z", 5, np.zeros(4, np.uint16))])  # bfloat16
+    with pytest.raises(ValueError, match="model.bin.*encoder/z.*type 5"):
+        read_ct2_variables(str(f), "encoder/")
+    _ct2_file(f, [("encoder/x/bias", 0, np.ones(64, np.float32))])
+    f.write_bytes(f.read_bytes()[:-100])  # cut inside the data
+    with pytest.raises(ValueError, match="model.bin.*truncated"):
+        read_ct2_variables(str(f), "encoder/")
+
+
 def test_gelu_is_the_exact_one() -> None:
     import math
 

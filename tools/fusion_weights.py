@@ -2,6 +2,7 @@
 
     python tools/fusion_weights.py            # print the weights and the figures that chose them
     python tools/fusion_weights.py --write    # also store them in mmva/assets/default/config.json
+    python tools/fusion_weights.py --model accurate --write   # the accurate text model's folder
 
 No paired multimodal data exists here (MELD's clips are not available), so the weights cannot be
 learned. Instead each modality's weight is its *information gain* on held-out data relative to the
@@ -31,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "src" / "mmva" / "assets"
 
 
-def text_gain() -> dict:
-    dev = json.loads((ASSETS / "default" / "dev_metrics.json").read_text())
+def text_gain(model: str = "default") -> dict:
+    dev = json.loads((ASSETS / model / "dev_metrics.json").read_text())
     counts = [sum(row) for row in dev["calibrated_crossfit"]["emotion"]["confusion_matrix"]]
     n = sum(counts)
     entropy = -sum(c / n * math.log(c / n) for c in counts if c)
@@ -61,15 +62,17 @@ def face_gain() -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--write", action="store_true")
+    ap.add_argument("--model", default="default", choices=["default", "accurate"],
+                    help="whose text figure sets the scale, and whose config.json --write updates")
     args = ap.parse_args()
-    figures = {"text": text_gain(), "audio": voice_gain(), "video": face_gain()}
+    figures = {"text": text_gain(args.model), "audio": voice_gain(), "video": face_gain()}
     base = figures["text"]["information_gain"]
     weights = {m: round(round(min(max(f["information_gain"], 0.0) / base, 1.0) / 0.05) * 0.05, 2)
                for m, f in figures.items()}
     weights["text"] = 1.0
     print(json.dumps({"weights": weights, "figures": figures}, indent=1))
     if args.write:
-        path = ASSETS / "default" / "config.json"
+        path = ASSETS / args.model / "config.json"
         cfg = json.loads(path.read_text())
         cfg["fusion"]["weights"] = weights
         cfg["fusion"]["chosen_by"] = {"rule": "w = min(max(IG, 0) / IG_text, 1), IG = 1 - NLL / H(labels) on held-out data "

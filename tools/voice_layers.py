@@ -33,6 +33,10 @@ def block_tables(manifest: str, work: Path) -> np.ndarray:
     mel_of = WhisperBlockStates(None, (1,))._mel
     chunks = work / "whisper_blocks.chunks"
     chunks.mkdir(parents=True, exist_ok=True)
+    made_for = chunks / "paths.json"
+    if made_for.exists() and json.loads(made_for.read_text()) != paths:
+        raise SystemExit(f"{chunks}: made for another manifest (remove it or use another --work)")
+    made_for.write_text(json.dumps(paths))
     parts = []
     for start in range(0, len(paths), 256):
         f = chunks / f"{start:06d}.npy"
@@ -42,8 +46,10 @@ def block_tables(manifest: str, work: Path) -> np.ndarray:
                 mel = mel_of(load_audio(p))
                 if mel.shape[1] < MIN_FRAMES:
                     mel = np.pad(mel, ((0, 0), (0, MIN_FRAMES - mel.shape[1])), constant_values=float(mel.min()))
-                outs = enc(mel[:, :MAX_FRAMES])
-                rows.append(np.stack([WhisperStates.pool(o) for o in outs]))
+                # every 30 s piece, as WhisperBlockStates (what analyze runs) pools them
+                pieces = [enc(mel[:, s: s + MAX_FRAMES]) for s in range(0, mel.shape[1], MAX_FRAMES)]
+                rows.append(np.stack([WhisperStates.pool(np.concatenate([p[b] for p in pieces]))
+                                      for b in range(len(pieces[0]))]))
             np.save(str(f) + ".tmp.npy", np.stack(rows))
             os.replace(str(f) + ".tmp.npy", f)
             print(f"{min(start + 256, len(paths))}/{len(paths)} clips", flush=True)

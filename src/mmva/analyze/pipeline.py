@@ -20,6 +20,7 @@ another thread meanwhile. Each step computes what it computed before, so the out
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -67,18 +68,28 @@ class AnalyzeOptions:
 
 
 class _Stages:
-    """Per-stage wall time and the progress callback (stage name, overall fraction done)."""
+    """Per-stage wall time and the progress callback (stage name, overall fraction done).
+
+    Stages run in several threads (the next window's speech recognition, frame decoding, the face
+    head), so the callback may be called from any of them, one call at a time; a stage's time is its
+    own wall time, and stages that overlap add up to more than the run's."""
 
     def __init__(self, progress: Progress | None) -> None:
         self.progress = progress
         self.timings: dict[str, float] = {}
         self.done = 0.0  # reported fractions never go back (overlapping subtitle cues could)
+        self._lock = threading.Lock()
 
     def announce(self, stage: str, fraction: float) -> None:
         """Tell the progress callback that ``stage`` starts (timed elsewhere, e.g. in a thread)."""
         if self.progress is not None:
-            self.done = max(self.done, min(1.0, fraction))
-            self.progress(stage, self.done)
+            with self._lock:
+                self.done = max(self.done, min(1.0, fraction))
+                self.progress(stage, self.done)
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self.timings[stage] = self.timings.get(stage, 0.0) + seconds
 
     def run(self, stage: str, fraction: float, fn: Callable[[], Any]) -> Any:
         self.announce(stage, fraction)
@@ -86,7 +97,7 @@ class _Stages:
         try:
             return fn()
         finally:
-            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t0
+            self.add(stage, time.perf_counter() - t0)
 
 
 def input_kind(path: str) -> str:
@@ -200,7 +211,8 @@ def _one_ahead(items: Iterator[Any], name: str) -> Iterator[Any]:
 
     At most one item waits ready (plus the one being computed), so memory stays bounded by a few
     windows; an exception of the producer is raised where its item would have come; when the caller
-    stops early, the producer stops after the item it is on.
+    stops early and closes this generator (``contextlib.closing``), the producer thread ends after
+    the item it is on.
     (A hand-written hand-off: concurrent.futures has no look-ahead over a generator.)
 
     >>> list(_one_ahead(iter(range(4)), "demo"))
@@ -229,6 +241,10 @@ def _one_ahead(items: Iterator[Any], name: str) -> Iterator[Any]:
             offer((end, None))
         except BaseException as exc:  # noqa: BLE001 - raised in the consumer
             offer((end, exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
 
     threading.Thread(target=run, name=name, daemon=True).start()
     try:
@@ -364,40 +380,41 @@ def _analyze_media(path: str, subtitles: str | None, asr_model: str | None, devi
     windows = (_one_ahead(_asr_windows(path, info.duration, asr, opts, stages, reach, diarizer), "mmva-asr")
                if asr is not None
                else _known_windows(path, known or [], info.has_audio, info.duration, opts, stages, reach))
-    for utts, chunk, t0, regions in windows:
-        if not utts:
-            continue
-        frac = (utts[-1].end_time or 0.0) / info.duration if info.duration else 0.0
-        if asr is None and chunk is not None:
-            found = diarizer()
-            if found is not None:
-                stages.run("speakers", frac, lambda: _label_known(found, utts, chunk, t0))
-        # A predictor that decodes its utterances itself (a checkpoint, as in training) needs no frames.
-        own_media = bool(getattr(predictor(), "decodes_media", False))
-        frames: Any = [None] * len(utts)
-        decoding: Future | None = None
-        if info.has_video and not own_media:
-            # Decoded in a thread while the text and voice heads run; each utterance's frames are
-            # handed over as soon as the decoder is past them, so the face head can start on the
-            # first utterances while later ones are still being decoded.
-            stages.announce("frames", frac)
-            frames = _FramesLater(len(utts), stages)
-            decoding = _in_background(frames.fill(lambda: _collect_frames(path, utts, opts, timeline.problems,
-                                                                          stages, frames.deliver)), "mmva-frames")
-        audio = ([_slice(chunk, t0, u) for u in utts] if chunk is not None and not own_media
-                 else [None] * len(utts))
-        sources = [_span(path, u, info.duration) for u in utts]
-        current = predictor()
-        if faces is None and callable(getattr(current, "speaker_faces", None)):
-            faces = current.speaker_faces()
-        # Speech in each utterance, from the window's voice activity (the voice head need not look again).
-        speech = _utterance_speech(utts, regions, t0) if regions is not None else None
-        _predict(current, utts, audio, frames, opts, top_k, stages, frac, history, sources, faces, speech)
-        if decoding is not None:  # the decoder may still be closing the file, timing or noting a problem
-            decoding.result()
-        for u in utts:  # the window's audio and frames are dropped here; the results stay
-            u.path = path
-        timeline.utterances.extend(utts)
+    with contextlib.closing(windows):  # a failure below stops the look-ahead thread after its window
+        for utts, chunk, t0, regions in windows:
+            if not utts:
+                continue
+            frac = (utts[-1].end_time or 0.0) / info.duration if info.duration else 0.0
+            if asr is None and chunk is not None:
+                found = diarizer()
+                if found is not None:
+                    stages.run("speakers", frac, lambda: _label_known(found, utts, chunk, t0))
+            # A predictor that decodes its utterances itself (a checkpoint, as in training) needs no frames.
+            own_media = bool(getattr(predictor(), "decodes_media", False))
+            frames: Any = [None] * len(utts)
+            decoding: Future | None = None
+            if info.has_video and not own_media:
+                # Decoded in a thread while the text and voice heads run; each utterance's frames are
+                # handed over as soon as the decoder is past them, so the face head can start on the
+                # first utterances while later ones are still being decoded.
+                stages.announce("frames", frac)
+                frames = _FramesLater(len(utts), stages)
+                decoding = _in_background(frames.fill(lambda: _collect_frames(path, utts, opts, timeline.problems,
+                                                                              stages, frames.deliver)), "mmva-frames")
+            audio = ([_slice(chunk, t0, u) for u in utts] if chunk is not None and not own_media
+                     else [None] * len(utts))
+            sources = [_span(path, u, info.duration) for u in utts]
+            current = predictor()
+            if faces is None and callable(getattr(current, "speaker_faces", None)):
+                faces = current.speaker_faces()
+            # Speech in each utterance, from the window's voice activity (the voice head need not look again).
+            speech = _utterance_speech(utts, regions, t0) if regions is not None else None
+            _predict(current, utts, audio, frames, opts, top_k, stages, frac, history, sources, faces, speech)
+            if decoding is not None:  # the decoder may still be closing the file, timing or noting a problem
+                decoding.result()
+            for u in utts:  # the window's audio and frames are dropped here; the results stay
+                u.path = path
+            timeline.utterances.extend(utts)
     found_predictor = predictor()  # also when nothing was said: the JSON names the model
     timeline.problems.extend(speaker_problems)
     if info.has_audio and info.duration and reach[0] < info.duration - 1.0:
@@ -446,10 +463,8 @@ class _FramesLater:
         t0 = time.perf_counter()
         try:
             return item.result()
-        finally:
-            with self._lock:  # read from the face head's thread too: summed here, no progress call
-                timings = self._stages.timings
-                timings["wait for frames"] = timings.get("wait for frames", 0.0) + time.perf_counter() - t0
+        finally:  # read from the face head's thread too: summed under the stages' lock, no progress call
+            self._stages.add("wait for frames", time.perf_counter() - t0)
 
     def __getitem__(self, i: Any) -> Any:
         if isinstance(i, slice):
@@ -677,7 +692,7 @@ def _collect_frames(path: str, utts: list[Utterance], opts: AnalyzeOptions,
     except MediaError as err:
         problems.append(f"frames {start:.1f}-{end:.1f} s: {err.reason}")
     if stages is not None:  # a background thread: timed here, without a progress call
-        stages.timings["frames"] = stages.timings.get("frames", 0.0) + time.perf_counter() - t0
+        stages.add("frames", time.perf_counter() - t0)
     # Utterances already handed over are not stacked a second time (their frames are with the reader).
     out = [collector.frames(i) if i >= sent else None for i in range(len(utts))]
     if deliver is not None:

@@ -29,7 +29,8 @@ def voice_fit_cmd(
     loso_splits: int = typer.Option(10, "--loso-splits", help="Speaker-grouped folds for the LOSO scores (0: skip)."),
     hidden: int = typer.Option(0, "--hidden", help="Hidden units of the head (0: linear)."),
     dropout: float = typer.Option(0.7, "--dropout", help="Input dropout of the per-speaker head (0.7: "
-                                                         "39.6 -> 43.1 % LOCO UAR against 0.2, docs/voice.md)."),
+                                                         "39.6 -> 43.1 % LOCO UAR against 0.2 on the last "
+                                                         "Whisper layer, docs/voice.md)."),
     utterance_dropout: float = typer.Option(0.2, "--utterance-dropout",
                                             help="Input dropout of the single-clip head (0.7 did not help it)."),
     blocks: str = typer.Option("12", "--whisper-blocks",

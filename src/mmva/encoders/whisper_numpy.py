@@ -5,7 +5,8 @@ the middle layers keep more of *how* something is said (issue 13: Whisper tiny's
 of 4 scores 49 % leave-one-corpus-out UAR against 43 % for the last layer, docs/voice.md). This module
 reads the encoder's weights from the same ``model.bin`` the speech recognition loads and runs the
 convolutional front end and the first ``layers`` transformer blocks in float32 NumPy: no torch, no
-second model file, the same states as PyTorch's Whisper encoder to ~1e-5 (tests/test_whisper_numpy.py).
+second model file. Through all four blocks and the final layer norm the states equal CTranslate2's own
+float32 encoder to 1e-3 of their range (tests/test_whisper_numpy.py; a PyTorch port agreed to 4e-6).
 
 Hand-written because nothing else does it: CTranslate2's Python API exposes neither intermediate
 layers nor the weights, and its ``model.bin`` has no reader outside CTranslate2's C++ (the format is
@@ -30,7 +31,7 @@ _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 
 def read_ct2_variables(path: str, prefix: str = "") -> dict[str, np.ndarray]:
     """The variables of a CTranslate2 ``model.bin`` whose names start with ``prefix``, as float32
-    arrays (int8 weights multiplied back by their ``weight_scale``; bfloat16 is not read).
+    arrays (int8/int16 weights divided by their ``weight_scale``; bfloat16 is refused with a message).
 
     Raises ValueError naming the file when it is not a CTranslate2 model of a version read here."""
     try:
@@ -66,7 +67,12 @@ def read_ct2_variables(path: str, prefix: str = "") -> dict[str, np.ndarray]:
             dims = [take("<I") for _ in range(take("<B"))]
             dtype = take("<B")
             nbytes = take("<I")
-            if var.startswith(prefix) and dtype in _DTYPES:
+            if pos + nbytes > len(buf):
+                raise ValueError(f"{path}: truncated in the data of {var!r}")
+            if var.startswith(prefix):
+                if dtype not in _DTYPES:
+                    raise ValueError(f"{path}: {var!r} is stored as CTranslate2 type {dtype} "
+                                     "(float32, float16, int8/16/32 are read; convert the model to float16)")
                 arr = np.frombuffer(buf, _DTYPES[dtype], nbytes // np.dtype(_DTYPES[dtype]).itemsize, pos)
                 raw[var] = (arr.reshape(dims), dtype)
             pos += nbytes
@@ -76,7 +82,7 @@ def read_ct2_variables(path: str, prefix: str = "") -> dict[str, np.ndarray]:
     for var, (arr, dtype) in raw.items():
         if var.endswith("weight_scale"):
             continue
-        if dtype == 1 and var + "_scale" in raw:  # int8 rows scaled by weight_scale
+        if dtype in (1, 2) and var + "_scale" in raw:  # int8/int16 rows scaled by weight_scale
             scale = raw[var + "_scale"][0].astype(np.float32)
             out[var] = arr.astype(np.float32) / scale.reshape(-1, *([1] * (arr.ndim - 1)))
         else:

@@ -192,7 +192,11 @@ def shared_states(path: str | None = None, blocks: Sequence[int] | None = None) 
             elif path is None:
                 from mmva.analyze.asr import load_asr
 
-                _SHARED[key] = WhisperStates(model=load_asr(None, "cpu").model)
+                asr = load_asr(None, "cpu")
+                states = WhisperStates(model=asr.model)
+                # the ASR's own lock: its next window may be transcribed while these states are taken
+                states._lock = getattr(asr, "_mmva_lock", states._lock)
+                _SHARED[key] = states
             else:
                 _SHARED[key] = WhisperStates(path)
         return _SHARED[key]

@@ -42,7 +42,7 @@ from mmva.labels import EMOTIONS, SENTIMENTS, sentiment_of_emotion
 
 log = logging.getLogger("mmva")
 
-DEFAULT_FUSION_WEIGHTS: dict[str, float] = {"text": 1.0, "audio": 0.15, "video": 1.0}  # tools/fusion_weights.py
+DEFAULT_FUSION_WEIGHTS: dict[str, float] = {"text": 1.0, "audio": 0.4, "video": 1.0}  # tools/fusion_weights.py
 # (3, 7) matrix: sentiment probabilities = EMOTION_TO_SENTIMENT @ emotion probabilities.
 EMOTION_TO_SENTIMENT = np.array([[1.0 if sentiment_of_emotion(e) == s else 0.0 for e in EMOTIONS]
                                  for s in SENTIMENTS], dtype=np.float64)

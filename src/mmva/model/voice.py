@@ -257,7 +257,8 @@ def _speech_seconds(audio: np.ndarray, sample_rate: int) -> float:
 
 
 class FeatureVoiceHead(_SingleClip):
-    """A voice head over a pooled utterance feature (format ``mmva-voice-head-2``).
+    """A voice head over a pooled utterance feature (format ``mmva-voice-head-2``; ``-3`` when the
+    feature is Whisper's middle blocks, ``feature["blocks"]``).
 
     ``voice.json`` names the feature (``whisper``: mean + std of the Whisper encoder states,
     :mod:`mmva.encoders.whisper_states`), the heads (safetensors of :class:`mmva.train.voice_head.Head`)
@@ -428,7 +429,7 @@ def load_voice_head(path: str | None = None) -> Any:
     with _CACHE_LOCK:
         if key not in _CACHE:
             config = json.loads(cfg_path.read_text())
-            if config.get("format") == "mmva-voice-head-2":
+            if config.get("format") in ("mmva-voice-head-2", "mmva-voice-head-3"):  # 3: Whisper blocks
                 _CACHE[key] = FeatureVoiceHead(folder, config)
                 return _CACHE[key]
             heads = config.get("heads", {})

@@ -253,7 +253,9 @@ def train_recipe(x: np.ndarray, labels: np.ndarray, speakers: Sequence[str], cor
     speakers, corpora = np.asarray(speakers), np.asarray(corpora)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    config: dict[str, Any] = {"format": "mmva-voice-head-2", "version": 2, "labels": list(EMOTIONS),
+    # format 3: the feature names Whisper blocks (a reader of format 2 would take the last layer instead)
+    version = 3 if (feature or {}).get("blocks") else 2
+    config: dict[str, Any] = {"format": f"mmva-voice-head-{version}", "version": version, "labels": list(EMOTIONS),
                               "sample_rate": 16000, "feature": feature or {"kind": "whisper"},
                               "min_speaker_utterances": 5, "speaker_prior_weight": 5.0, "heads": {},
                               "scores": {}}
@@ -274,7 +276,7 @@ def train_recipe(x: np.ndarray, labels: np.ndarray, speakers: Sequence[str], cor
         head = fit_head(xn, labels, corpora, spec)
         file = f"voice_{name}.safetensors"
         save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(folder / file),
-                  metadata={"format": "mmva-voice-head-2", "head": name})
+                  metadata={"format": config["format"], "head": name})
         config["heads"][name] = {"file": file, "hidden": spec.hidden, "normalization": spec.normalization,
                                  "temperature": round(temperature, 4), "spec": asdict(spec)}
         config["scores"][name] = entry
