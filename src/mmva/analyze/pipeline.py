@@ -14,13 +14,12 @@ The flow (pyannote's "Pipeline": I/O, segmentation, batching and a progress hook
 Cold-start order (issue 15): the file is probed first (an unreadable file fails before anything
 loads), then the speaker encoder, the predictor and the ASR load, each warmed up once; the voice
 activity found for a window is handed to the ASR (not computed twice); a window's frames are decoded
-in a thread while the text and voice heads run, and the next window's speech recognition runs in
-another thread meanwhile. Each step computes what it computed before, so the output is the same.
+in a thread while the text and voice heads run. Each step computes what it computed before, so the
+output is the same.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import math
@@ -70,9 +69,9 @@ class AnalyzeOptions:
 class _Stages:
     """Per-stage wall time and the progress callback (stage name, overall fraction done).
 
-    Stages run in several threads (the next window's speech recognition, frame decoding, the face
-    head), so the callback may be called from any of them, one call at a time; a stage's time is its
-    own wall time, and stages that overlap add up to more than the run's."""
+    Stages run in several threads (frame decoding, the face head), so the callback may be called
+    from any of them, one call at a time; a stage's time is its own wall time, and stages that
+    overlap add up to more than the run's."""
 
     def __init__(self, progress: Progress | None) -> None:
         self.progress = progress
@@ -206,59 +205,6 @@ def _in_background(fn: Callable[[], Any], name: str) -> Future:
     return fut
 
 
-def _one_ahead(items: Iterator[Any], name: str) -> Iterator[Any]:
-    """Yield ``items``, computing the next one in a thread while the caller works on this one.
-
-    At most one item waits ready (plus the one being computed), so memory stays bounded by a few
-    windows; an exception of the producer is raised where its item would have come; when the caller
-    stops early and closes this generator (``contextlib.closing``), the producer thread ends after
-    the item it is on.
-    (A hand-written hand-off: concurrent.futures has no look-ahead over a generator.)
-
-    >>> list(_one_ahead(iter(range(4)), "demo"))
-    [0, 1, 2, 3]
-    """
-    import queue
-
-    ready: queue.Queue = queue.Queue(maxsize=1)
-    stop = threading.Event()
-    end = object()
-
-    def offer(entry: tuple[Any, BaseException | None]) -> bool:
-        while not stop.is_set():
-            try:
-                ready.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def run() -> None:
-        try:
-            for item in items:
-                if not offer((item, None)):
-                    return
-            offer((end, None))
-        except BaseException as exc:  # noqa: BLE001 - raised in the consumer
-            offer((end, exc))
-        finally:
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()
-
-    threading.Thread(target=run, name=name, daemon=True).start()
-    try:
-        while True:
-            item, exc = ready.get()
-            if exc is not None:
-                raise exc
-            if item is end:
-                return
-            yield item
-    finally:
-        stop.set()
-
-
 class _Models:
     """The speaker encoder and the predictor of one analysis, loaded once and warmed up (their first
     calls made on a short tone), after the file was probed: a file that cannot be read fails before
@@ -375,46 +321,42 @@ def _analyze_media(path: str, subtitles: str | None, asr_model: str | None, devi
 
     # How far the audio could be decoded: a truncated file ends before the duration it declares.
     reach = [0.0] if asr is not None else [info.duration or 0.0]
-    # With speech recognition the next window's audio, VAD, ASR and speakers are worked out in a
-    # thread while this window's frames are decoded and its utterances predicted (issue 15, part 3).
-    windows = (_one_ahead(_asr_windows(path, info.duration, asr, opts, stages, reach, diarizer), "mmva-asr")
-               if asr is not None
+    windows = (_asr_windows(path, info.duration, asr, opts, stages, reach, diarizer) if asr is not None
                else _known_windows(path, known or [], info.has_audio, info.duration, opts, stages, reach))
-    with contextlib.closing(windows):  # a failure below stops the look-ahead thread after its window
-        for utts, chunk, t0, regions in windows:
-            if not utts:
-                continue
-            frac = (utts[-1].end_time or 0.0) / info.duration if info.duration else 0.0
-            if asr is None and chunk is not None:
-                found = diarizer()
-                if found is not None:
-                    stages.run("speakers", frac, lambda: _label_known(found, utts, chunk, t0))
-            # A predictor that decodes its utterances itself (a checkpoint, as in training) needs no frames.
-            own_media = bool(getattr(predictor(), "decodes_media", False))
-            frames: Any = [None] * len(utts)
-            decoding: Future | None = None
-            if info.has_video and not own_media:
-                # Decoded in a thread while the text and voice heads run; each utterance's frames are
-                # handed over as soon as the decoder is past them, so the face head can start on the
-                # first utterances while later ones are still being decoded.
-                stages.announce("frames", frac)
-                frames = _FramesLater(len(utts), stages)
-                decoding = _in_background(frames.fill(lambda: _collect_frames(path, utts, opts, timeline.problems,
-                                                                              stages, frames.deliver)), "mmva-frames")
-            audio = ([_slice(chunk, t0, u) for u in utts] if chunk is not None and not own_media
-                     else [None] * len(utts))
-            sources = [_span(path, u, info.duration) for u in utts]
-            current = predictor()
-            if faces is None and callable(getattr(current, "speaker_faces", None)):
-                faces = current.speaker_faces()
-            # Speech in each utterance, from the window's voice activity (the voice head need not look again).
-            speech = _utterance_speech(utts, regions, t0) if regions is not None else None
-            _predict(current, utts, audio, frames, opts, top_k, stages, frac, history, sources, faces, speech)
-            if decoding is not None:  # the decoder may still be closing the file, timing or noting a problem
-                decoding.result()
-            for u in utts:  # the window's audio and frames are dropped here; the results stay
-                u.path = path
-            timeline.utterances.extend(utts)
+    for utts, chunk, t0, regions in windows:
+        if not utts:
+            continue
+        frac = (utts[-1].end_time or 0.0) / info.duration if info.duration else 0.0
+        if asr is None and chunk is not None:
+            found = diarizer()
+            if found is not None:
+                stages.run("speakers", frac, lambda: _label_known(found, utts, chunk, t0))
+        # A predictor that decodes its utterances itself (a checkpoint, as in training) needs no frames.
+        own_media = bool(getattr(predictor(), "decodes_media", False))
+        frames: Any = [None] * len(utts)
+        decoding: Future | None = None
+        if info.has_video and not own_media:
+            # Decoded in a thread while the text and voice heads run; each utterance's frames are
+            # handed over as soon as the decoder is past them, so the face head can start on the
+            # first utterances while later ones are still being decoded.
+            stages.announce("frames", frac)
+            frames = _FramesLater(len(utts), stages)
+            decoding = _in_background(frames.fill(lambda: _collect_frames(path, utts, opts, timeline.problems,
+                                                                          stages, frames.deliver)), "mmva-frames")
+        audio = ([_slice(chunk, t0, u) for u in utts] if chunk is not None and not own_media
+                 else [None] * len(utts))
+        sources = [_span(path, u, info.duration) for u in utts]
+        current = predictor()
+        if faces is None and callable(getattr(current, "speaker_faces", None)):
+            faces = current.speaker_faces()
+        # Speech in each utterance, from the window's voice activity (the voice head need not look again).
+        speech = _utterance_speech(utts, regions, t0) if regions is not None else None
+        _predict(current, utts, audio, frames, opts, top_k, stages, frac, history, sources, faces, speech)
+        if decoding is not None:  # the decoder may still be closing the file, timing or noting a problem
+            decoding.result()
+        for u in utts:  # the window's audio and frames are dropped here; the results stay
+            u.path = path
+        timeline.utterances.extend(utts)
     found_predictor = predictor()  # also when nothing was said: the JSON names the model
     timeline.problems.extend(speaker_problems)
     if info.has_audio and info.duration and reach[0] < info.duration - 1.0:
@@ -432,7 +374,6 @@ class _FramesLater:
     def __init__(self, n: int, stages: _Stages) -> None:
         self._items: list[Future] = [Future() for _ in range(n)]
         self._stages = stages
-        self._lock = threading.Lock()
 
     def deliver(self, i: int, frames: np.ndarray | None) -> None:
         if not self._items[i].done():
