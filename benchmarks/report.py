@@ -530,8 +530,11 @@ def section_cold(sp: dict | None) -> str:
         best = target[trees[-1]]["wall_s"]
         out += [f"Target (issue 15): 60 s 720p30 talking head ≤ 10 s from a cold start on 2 cores: measured "
                 f"{best:.1f} s here, {_met(best, 10.0, higher=False)}.", ""]
-    short = sp["lengths"].get("10")
-    if short:
+    seven, short = sp["lengths"].get("7"), sp["lengths"].get("10")
+    if seven:
+        best = seven[trees[-1]]["wall_s"]
+        out += [f"Target (issue 15): a 7 s clip ≤ 4 s: measured {best:.1f} s here, {_met(best, 4.0, higher=False)}.", ""]
+    elif short:
         best = short[trees[-1]]["wall_s"]
         out += [f"Target (issue 15): a 7 s clip ≤ 4 s; the 10 s clip here (longer, so a harder test) took "
                 f"{best:.1f} s, {_met(best, 4.0, higher=False)}.", ""]
@@ -568,6 +571,8 @@ def section_cold(sp: dict | None) -> str:
                        for t in trees if t in bt]), ""]
         if bt.get("note"):
             out += [f"(Folder run: {bt['note']}.)", ""]
+    if sp.get("note"):  # how the runs were made, when more than one run fed the tables
+        out += [f"Runs: {sp['note']}", ""]
     out += [machine_line("speed", sp), ""]
     return "\n".join(out)
 
