@@ -22,15 +22,12 @@ import numpy as np
 
 def block_tables(manifest: str, work: Path) -> np.ndarray:
     """(clips, 5, 768): front end and blocks 1-4, each pooled to mean + std over frames."""
-    from mmva.analyze.asr import default_asr_path
-    from mmva.encoders.whisper_numpy import WhisperEncoderLayers
-    from mmva.encoders.whisper_states import MAX_FRAMES, MIN_FRAMES, WhisperBlockStates, WhisperStates
+    from mmva.encoders.whisper_states import WhisperBlockStates, WhisperStates
     from mmva.train.crossval import read_rows
     from mmva.train.voice_features import load_audio
 
     paths = [r["path"] for r in read_rows(manifest)]
-    enc = WhisperEncoderLayers(default_asr_path(), 4)
-    mel_of = WhisperBlockStates(None, (1,))._mel
+    encoder = WhisperBlockStates(None, range(5))  # the states analyze computes, for every block
     chunks = work / "whisper_blocks.chunks"
     chunks.mkdir(parents=True, exist_ok=True)
     made_for = chunks / "paths.json"
@@ -43,13 +40,7 @@ def block_tables(manifest: str, work: Path) -> np.ndarray:
         if not f.exists():
             rows = []
             for p in paths[start: start + 256]:
-                mel = mel_of(load_audio(p))
-                if mel.shape[1] < MIN_FRAMES:
-                    mel = np.pad(mel, ((0, 0), (0, MIN_FRAMES - mel.shape[1])), constant_values=float(mel.min()))
-                # every 30 s piece, as WhisperBlockStates (what analyze runs) pools them
-                pieces = [enc(mel[:, s: s + MAX_FRAMES]) for s in range(0, mel.shape[1], MAX_FRAMES)]
-                rows.append(np.stack([WhisperStates.pool(np.concatenate([p[b] for p in pieces]))
-                                      for b in range(len(pieces[0]))]))
+                rows.append(np.stack([WhisperStates.pool(st) for st in encoder.states(load_audio(p))]))
             np.save(str(f) + ".tmp.npy", np.stack(rows))
             os.replace(str(f) + ".tmp.npy", f)
             print(f"{min(start + 256, len(paths))}/{len(paths)} clips", flush=True)

@@ -31,6 +31,14 @@ MAX_FRAMES = 3000  # 30 s: Whisper's positional table ends there
 MIN_FRAMES = 20  # 200 ms: less than that is not an utterance
 
 
+def _pieces(mel: np.ndarray) -> list[np.ndarray]:
+    """A log-mel padded to at least ``MIN_FRAMES`` (with its minimum) and cut into pieces of at most
+    ``MAX_FRAMES`` (Whisper's 30 s positional table)."""
+    if mel.shape[1] < MIN_FRAMES:
+        mel = np.pad(mel, ((0, 0), (0, MIN_FRAMES - mel.shape[1])), constant_values=float(mel.min()))
+    return [mel[:, s: s + MAX_FRAMES] for s in range(0, mel.shape[1], MAX_FRAMES)]
+
+
 @lru_cache(maxsize=4)
 def _feature_extractor(n_mels: int) -> Any:
     from faster_whisper.feature_extractor import FeatureExtractor
@@ -54,7 +62,8 @@ class WhisperStates:
     ``WhisperModel.model`` from the ASR pass) so the weights are loaded once per process.
     """
 
-    def __init__(self, path: str | None = None, *, model: Any = None, threads: int = 0, name: str = "") -> None:
+    def __init__(self, path: str | None = None, *, model: Any = None, threads: int = 0, name: str = "",
+                 lock: threading.Lock | None = None) -> None:
         self.path = path
         if model is None:
             from mmva.analyze.asr import asr_threads
@@ -63,7 +72,7 @@ class WhisperStates:
         self._model = model
         self.n_mels = int(getattr(self._model, "n_mels", 80) or 80)
         self.name = name or ("whisper-tiny.en" if path is None else str(path))
-        self._lock = threading.Lock()  # a CTranslate2 model serves one call at a time here
+        self._lock = lock or threading.Lock()  # a CTranslate2 model serves one call at a time here
 
     @property
     def dim(self) -> int:
@@ -98,10 +107,7 @@ class WhisperStates:
         mels = [self._mel(a) for a in audios]
         pieces: list[tuple[int, np.ndarray]] = []
         for i, m in enumerate(mels):
-            if m.shape[1] < MIN_FRAMES:
-                m = np.pad(m, ((0, 0), (0, MIN_FRAMES - m.shape[1])), constant_values=float(m.min()))
-            for s in range(0, m.shape[1], MAX_FRAMES):
-                pieces.append((i, m[:, s: s + MAX_FRAMES]))
+            pieces.extend((i, piece) for piece in _pieces(m))
         order = sorted(range(len(pieces)), key=lambda k: pieces[k][1].shape[1])
         results: dict[int, np.ndarray] = {}
         group: list[int] = []
@@ -159,13 +165,13 @@ class WhisperBlockStates:
 
     _mel = WhisperStates._mel
 
+    def states(self, audio: np.ndarray) -> list[np.ndarray]:
+        """``(frames, d)`` states after each of ``blocks`` (in that order) of one 16 kHz waveform."""
+        pieces = [self._encoder(piece) for piece in _pieces(self._mel(audio))]
+        return [np.concatenate([p[b] for p in pieces]) for b in self.blocks]
+
     def pooled(self, audio: np.ndarray) -> np.ndarray:
-        mel = self._mel(audio)
-        if mel.shape[1] < MIN_FRAMES:
-            mel = np.pad(mel, ((0, 0), (0, MIN_FRAMES - mel.shape[1])), constant_values=float(mel.min()))
-        pieces = [self._encoder(mel[:, s: s + MAX_FRAMES]) for s in range(0, mel.shape[1], MAX_FRAMES)]
-        per_block = [np.concatenate([p[b] for p in pieces]) for b in self.blocks]
-        return np.mean([WhisperStates.pool(st) for st in per_block], axis=0).astype(np.float32)
+        return np.mean([WhisperStates.pool(st) for st in self.states(audio)], axis=0).astype(np.float32)
 
     def pooled_batch(self, audios: Sequence[np.ndarray]) -> np.ndarray:
         return np.stack([self.pooled(a) for a in audios]) if len(audios) else np.zeros((0, self.dim), np.float32)
@@ -193,10 +199,8 @@ def shared_states(path: str | None = None, blocks: Sequence[int] | None = None) 
                 from mmva.analyze.asr import load_asr
 
                 asr = load_asr(None, "cpu")
-                states = WhisperStates(model=asr.model)
-                # the ASR's own lock: its next window may be transcribed while these states are taken
-                states._lock = getattr(asr, "_mmva_lock", states._lock)
-                _SHARED[key] = states
+                # the ASR's own lock: the same model may be transcribing in another thread
+                _SHARED[key] = WhisperStates(model=asr.model, lock=getattr(asr, "_mmva_lock", None))
             else:
                 _SHARED[key] = WhisperStates(path)
         return _SHARED[key]
