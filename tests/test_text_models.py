@@ -90,6 +90,13 @@ def test_a_model_trained_with_following_context_uses_it_in_analyze(tmp_path):
         got = {d["label"]: d["confidence"] for d in u.emotions}
         top = EMOTIONS[int(p["emotion"].argmax())]
         assert top in got and abs(got[top] - float(p["emotion"].max())) < 1e-3
+    # A folder that chose the past only keeps that choice when a retrained model is installed into it.
+    cfg_path = dest / "config.json"
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "text_following": False}))
+    install_text_model(result.run_dir, dest)
+    (dest / "MODEL_CARD.md").write_text("test")
+    assert json.loads(cfg_path.read_text())["text_following"] is False
+    assert not DefaultModel(dest).uses_following
 
 
 @needs_mpnet
@@ -192,6 +199,11 @@ def test_distillation_from_a_teacher_and_a_teacher_that_does_not_cover_the_data(
                           kd_weight=0.9)
     result = train_text(str(data), str(tmp_path / "run"), cfg)
     assert result.history[0]["train_loss"] > 0 and result.metrics["train_config"]["teacher"].endswith("teacher.npz")
+    # An installed folder names the teacher file, not this machine's path to it.
+    from mmva.model.default import install_text_model
+
+    dest = install_text_model(result.run_dir, tmp_path / "installed")
+    assert json.loads((dest / "dev_metrics.json").read_text())["train_config"]["teacher"] == "teacher.npz"
     np.savez(tmp_path / "partial.npz", uid=np.array([e.uid for e in train[:3]]), emotion=z["emotion"][:3].numpy(),
              sentiment=z["sentiment"][:3].numpy())
     with pytest.raises(ValueError, match="partial.npz: no teacher logits for"):

@@ -30,6 +30,8 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="MELD-format folder with train_sent_emo.csv")
     ap.add_argument("--out", required=True, help=".npz to write")
     ap.add_argument("--past-only", action="store_true", help="only the view with the previous utterances")
+    ap.add_argument("--model", default=None,
+                    help="text_model.safetensors of the teacher, or its folder (default: the installed accurate model)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
 
@@ -42,7 +44,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.time()
     train, _ = read_meld_text(Path(args.data) / "train_sent_emo.csv", 2, 1)
-    model = TextClassifier.load(accurate_model_dir() / "text_model.safetensors")
+    path = Path(args.model) if args.model else accurate_model_dir()
+    model = TextClassifier.load(path / "text_model.safetensors" if path.is_dir() else path)
     model.bf16 = _cpu_has_bf16()
     texts, past = [e.text for e in train], [e.context for e in train]
     z = model.predict_logits(texts, past, calibrated=True)

@@ -448,34 +448,6 @@ def load_default_model(path: str | None = None) -> DefaultModel:
     return _load_cached(str(path) if path else None)
 
 
-def _ranked(probs: np.ndarray, labels: Sequence[str], top_k: int) -> list[dict[str, Any]]:
-    order = np.argsort(-probs)[: max(1, top_k)]
-    return [{"label": labels[i], "confidence": round(float(probs[i]), 4)} for i in order]
-
-
-def analyze_text(texts: list[str], top_k: int = 3, contexts: list[list[str]] | None = None,
-                 model: str | None = None) -> list[dict[str, Any]]:
-    """Emotion and sentiment of each text, in the shape of an analyze JSON utterance (best first).
-
-    An empty text gets empty ``emotions``/``sentiments`` and no modalities (nothing to judge).
-
-    >>> import mmva
-    >>> mmva.analyze_text(["What a wonderful surprise, thank you!"])[0]["sentiments"][0]["label"]
-    'positive'
-    """
-    if isinstance(texts, str):
-        texts = [texts]
-    preds = load_default_model(model).predict(list(texts), contexts=contexts)
-    out = []
-    for text, p in zip(texts, preds):
-        used = "text" in p["modalities"]
-        out.append({"text": text,
-                    "emotions": _ranked(p["emotion"], EMOTIONS, top_k) if used else [],
-                    "sentiments": _ranked(p["sentiment"], SENTIMENTS, top_k) if used else [],
-                    "modalities": p["modalities"]})
-    return out
-
-
 # What a model card and config say about each text encoder base.
 BASE_INFO: dict[str, dict[str, Any]] = {
     "all-MiniLM-L6-v2": {"name": "mmva-default", "title": "default", "layers": 6, "aim": 59.5,
@@ -497,7 +469,8 @@ def install_text_model(run_dir: str | Path, dest: str | Path) -> Path:
     """Copy a ``mmva train-text`` run's final model into a default-model folder with its config.
 
     The fusion block (weights and the figures that chose them) is kept from the folder's existing
-    config, else taken from the shipped default model: the voice and face heads are the same.
+    config, else taken from the shipped default model: the voice and face heads are the same; so is
+    the folder's ``text_following`` choice (whether analyze gives the model the following utterances).
     A model file over 4 MB is stored in float16 (the shipped files stay small; the adapter's
     logits move by ~1e-3).
 
@@ -526,10 +499,13 @@ def install_text_model(run_dir: str | Path, dest: str | Path) -> Path:
             fusion = json.loads(cfg_file.read_text()).get("fusion")
             if fusion:
                 break
+    # The folder's choice of context (past only, or the following utterances too) stays with the folder.
+    old = json.loads((dest / "config.json").read_text()) if (dest / "config.json").is_file() else {}
+    kept = {k: old[k] for k in ("text_following", "text_following_measured") if k in old}
     headline = metrics["calibrated_crossfit"]
     config = {
         "name": info["name"], "version": 1, "text_model": "text_model.safetensors",
-        "text_base": info["text_base"], "text_bf16": base != "all-MiniLM-L6-v2",
+        "text_base": info["text_base"], "text_bf16": base != "all-MiniLM-L6-v2", **kept,
         "fusion": fusion or {"method": "weighted log-linear pooling", "weights": DEFAULT_FUSION_WEIGHTS,
                              "voice_face_sentiment": "derived from emotion probabilities with MELD's mapping"},
         "labels": {"emotion": list(EMOTIONS), "sentiment": list(SENTIMENTS)},
@@ -539,7 +515,9 @@ def install_text_model(run_dir: str | Path, dest: str | Path) -> Path:
                      + ("" if base == "all-MiniLM-L6-v2" else " (see MODEL_CARD.md for the options)"),
     }
     (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    shutil.copyfile(run / "metrics.json", dest / "dev_metrics.json")
+    if metrics["train_config"].get("teacher"):  # the run's own path to it says nothing in a shipped folder
+        metrics["train_config"]["teacher"] = Path(metrics["train_config"]["teacher"]).name
+    (dest / "dev_metrics.json").write_text(json.dumps(metrics, indent=2))
     (dest / "MODEL_CARD.md").write_text(render_model_card(run, config["fusion"]["weights"]))
     return dest
 
