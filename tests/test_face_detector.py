@@ -103,3 +103,33 @@ def test_a_checkpoint_keeps_its_haar_detector(tmp_path) -> None:
     fake.write_bytes(b"")
     with pytest.raises(ValueError, match="Haar"):
         load_predictor(str(fake), face_detector="mtcnn")
+
+
+@pytest.mark.parametrize("command", [["batch", "in", "--out", "out"], ["serve"], ["live", "talk.mp4"]])
+def test_batch_serve_and_live_reject_an_unknown_detector_before_loading(command, tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from mmva.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, [*command, "--face-detector", "dlib"])
+    assert res.exit_code == 2, res.output
+    assert "dlib" in res.output and "haar" in res.output
+    assert not (tmp_path / "out").exists()  # nothing was started
+
+
+def test_batch_worker_and_service_find_faces_with_the_chosen_detector(tmp_path) -> None:
+    from mmva.analyze.batch import BatchOptions, BatchWorker
+    from mmva.serve.app import ServeSettings, Service
+
+    worker = BatchWorker(BatchOptions(face_detector="haar"))
+    assert worker.predictor.face_detector == "haar"
+    assert worker.predictor.describe()["face_detector"] == "haar"
+    service = Service(ServeSettings(work_dir=str(tmp_path / "work"), face_detector="haar"))
+    service.load_model()
+    try:
+        assert service.ready and service.model_info["face_detector"] == "haar"
+    finally:
+        service.jobs.shutdown()
+    # An unset detector stays auto (MTCNN when installed, else Haar), as in mmva analyze.
+    assert BatchWorker(BatchOptions()).predictor.face_detector == "auto"

@@ -69,6 +69,7 @@ class BatchOptions:
     retries: int = 2  # extra attempts after a failure that may pass (in all, across runs)
     retry_failed: bool = False  # also retry files recorded as failed for good (e.g. after fixing them)
     threads: int | None = None  # torch threads per worker (None: torch's default)
+    face_detector: str | None = None  # as load_predictor(face_detector=...): auto, mtcnn or haar
 
     @property
     def max_attempts(self) -> int:
@@ -267,7 +268,8 @@ class BatchWorker:
             torch.set_num_threads(options.threads)
         self.options = options
         t0 = time.perf_counter()
-        self.predictor = load_predictor(options.model, asr_mod.resolve_device(options.device))
+        self.predictor = load_predictor(options.model, asr_mod.resolve_device(options.device),
+                                        face_detector=options.face_detector)
         # The ASR model is cached per process by load_asr: loading it here keeps it off the first file.
         asr_mod.load_asr(options.asr_model, asr_mod.resolve_device(options.device))
         self.load_seconds = round(time.perf_counter() - t0, 3)

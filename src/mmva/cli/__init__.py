@@ -28,6 +28,27 @@ def text_model_option() -> typing.Any:
                              "pip install mmva[accurate]).")
 
 
+def face_detector_option() -> typing.Any:
+    """``--face-detector``: how the default model finds faces (None: auto)."""
+    return typer.Option(None, "--face-detector", envvar="MMVA_FACE_DETECTOR",
+                        help="auto (MTCNN when facenet-pytorch is installed, else Haar), mtcnn or haar; "
+                             "for the default model.")
+
+
+def check_face_detector(name: str | None) -> str | None:
+    """``--face-detector`` checked before any model loads: an unknown name, or MTCNN without
+    facenet-pytorch, is bad usage (exit 2, saying which)."""
+    if name is None:
+        return None
+    from mmva.encoders.face import resolve_detector
+
+    try:
+        resolve_detector(name)
+    except (ValueError, ImportError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--face-detector") from None
+    return name
+
+
 def pick_model(model: str | None, text_model: str) -> str | None:
     """What to load from ``--model`` and ``--text-model`` (bad usage raises BadParameter: exit 2)."""
     if text_model not in TEXT_MODELS:

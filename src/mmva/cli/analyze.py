@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mmva.cli import app, console, pick_model, text_model_option
+from mmva.cli import app, console, face_detector_option, pick_model, text_model_option
 
 DEVICES = ("cpu", "cuda", "auto")
 
@@ -83,9 +83,7 @@ def analyze_cmd(
     max_speakers: Optional[int] = typer.Option(None, "--max-speakers", min=1, help="At most this many speakers."),
     diarize: bool = typer.Option(True, "--diarize/--no-diarize",
                                  help="Name the speakers (Speaker 1, 2, ...) from their voices."),
-    face_detector: Optional[str] = typer.Option(
-        None, "--face-detector", help="auto (MTCNN when facenet-pytorch is installed, else Haar), mtcnn or haar; "
-                                      "for the default model."),
+    face_detector: Optional[str] = face_detector_option(),
     embed_video: bool = typer.Option(False, "--embed-video",
                                      help="With -f html: write a small playable copy of the media "
                                           "(NAME.mmva.mp4) beside the report for its player."),

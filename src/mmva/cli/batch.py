@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 from rich.markup import escape
 
-from mmva.cli import app, console, pick_model, text_model_option
+from mmva.cli import app, check_face_detector, console, face_detector_option, pick_model, text_model_option
 
 
 @app.command("batch")
@@ -38,6 +38,7 @@ def batch_cmd(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     top_k: int = typer.Option(3, "--top-k", min=1, max=7, help="Emotions listed per utterance."),
     diarize: bool = typer.Option(True, "--diarize/--no-diarize", help="Name the speakers from their voices."),
+    face_detector: Optional[str] = face_detector_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final line and failures."),
 ) -> None:
     """Analyse every file of SOURCE into DEST: per-file outputs as mmva analyze, summary.csv/.parquet."""
@@ -50,7 +51,8 @@ def batch_cmd(
         raise typer.BadParameter(str(exc), param_hint="--format") from None
     threads = max(1, int(cpus_per_worker)) if ray else None
     options = BatchOptions(formats=formats, model=pick_model(model, text_model), asr_model=asr_model, device=device, top_k=top_k,
-                           diarize=diarize, retries=retries, retry_failed=retry_failed, threads=threads)
+                           diarize=diarize, retries=retries, retry_failed=retry_failed, threads=threads,
+                           face_detector=check_face_detector(face_detector))
 
     reported: set[str] = set()
 

@@ -13,7 +13,7 @@ from typing import Any, Optional
 import typer
 from rich.markup import escape
 
-from mmva.cli import app, console, pick_model, text_model_option
+from mmva.cli import app, check_face_detector, console, face_detector_option, pick_model, text_model_option
 
 
 def _line(u: Any, delay: float | None) -> str:
@@ -39,6 +39,7 @@ def live_cmd(
     model: Optional[str] = typer.Option(None, "--model", help="A `mmva train` checkpoint, default-model folder "
                                                               "or model.tar.gz (default: the shipped model)."),
     text_model: str = text_model_option(),
+    face_detector: Optional[str] = face_detector_option(),
     asr_model: Optional[str] = typer.Option(None, "--asr-model", help="faster-whisper model folder or name."),
     top_k: int = typer.Option(3, "--top-k", min=1, max=7, help="Emotions and sentiments kept per utterance."),
     input_device: Optional[str] = typer.Option(None, "--input-device", help="Microphone (sounddevice name or index)."),
@@ -59,8 +60,17 @@ def live_cmd(
         elif isinstance(event, Partial) and partials:
             console.print(f"[dim]… {escape(event.text)}[/dim]")
 
-    live = LiveAnalyzer(pick_model(model, text_model), asr_model=asr_model, options=LiveOptions(top_k=top_k,
-                                                                        partial_every=1.0 if (partials or as_json) else 0))
+    chosen: Any = pick_model(model, text_model)
+    if check_face_detector(face_detector):
+        from mmva.model.predictor import load_predictor
+
+        try:
+            chosen = load_predictor(chosen, face_detector=face_detector)
+        except (OSError, ValueError, ImportError) as exc:  # e.g. a checkpoint asked for another detector
+            console.print(f"[red]error:[/red] {escape(str(exc))}")
+            raise typer.Exit(2) from None
+    live = LiveAnalyzer(chosen, asr_model=asr_model,
+                        options=LiveOptions(top_k=top_k, partial_every=1.0 if (partials or as_json) else 0))
     live.warm_up()
     if source is None:
         device: Any = int(input_device) if input_device and input_device.isdigit() else input_device

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from mmva.cli import app, console, pick_model, text_model_option
+from mmva.cli import app, check_face_detector, console, face_detector_option, pick_model, text_model_option
 
 
 @app.command("serve")
@@ -18,6 +18,7 @@ def serve_cmd(
                                         help="A `mmva train` checkpoint, a default-model folder or a model.tar.gz, "
                                              "local or s3:// (wins over --model-dir)."),
     text_model: str = text_model_option(),
+    face_detector: Optional[str] = face_detector_option(),
     model_dir: Optional[str] = typer.Option(None, "--model-dir", envvar="MMVA_MODEL_DIR",
                                             help="Model folder (e.g. /opt/ml/model: a checkpoint or default model "
                                                  "unpacked from model.tar.gz); empty or unset: the shipped default model."),
@@ -59,7 +60,8 @@ def serve_cmd(
 
     limits = Limits(max_upload_mb=max_upload_mb, request_timeout_s=request_timeout, job_timeout_s=job_timeout,
                     upload_timeout_s=upload_timeout)
-    settings = ServeSettings(model=pick_model(model, text_model), model_dir=model_dir, work_dir=work_dir or default_work_dir(), workers=workers,
+    settings = ServeSettings(model=pick_model(model, text_model), face_detector=check_face_detector(face_detector),
+                             model_dir=model_dir, work_dir=work_dir or default_work_dir(), workers=workers,
                              max_queue=max_queue, api_key=api_key or None, top_k=top_k, asr_model=asr_model,
                              keep_hours=keep_hours, limits=limits, allowed_hosts=parse_hosts(allowed_hosts, host),
                              live=LiveLimits(max_sessions=live_sessions, max_seconds=live_max_minutes * 60))

@@ -74,6 +74,7 @@ class ServeSettings:
     model_dir: str | None = None  # None or an empty folder: the default model shipped with mmva
     # A `mmva train` checkpoint, default-model folder or model.tar.gz (local or s3://); wins over model_dir.
     model: str | None = None
+    face_detector: str | None = None  # auto, mtcnn or haar (the default model's face finder; None: auto)
     work_dir: str = field(default_factory=default_work_dir)  # jobs/ and uploads/ live here
     workers: int = 2
     max_queue: int = 8  # jobs waiting beyond the busy workers before 429/503
@@ -134,7 +135,7 @@ class Service:
             from mmva.model.predictor import load_predictor
 
             self.model_path = self.settings.model or _model_path(self.settings.model_dir)
-            self.model = load_predictor(self.model_path)
+            self.model = load_predictor(self.model_path, face_detector=self.settings.face_detector)
             self.model_info = dict(self.model.describe())
             seconds = time.perf_counter() - started
             self.metrics.model_load.set(seconds)
