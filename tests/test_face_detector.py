@@ -103,19 +103,34 @@ def test_a_checkpoint_keeps_its_haar_detector(tmp_path) -> None:
     fake.write_bytes(b"")
     with pytest.raises(ValueError, match="Haar"):
         load_predictor(str(fake), face_detector="mtcnn")
+    # "auto" is whatever the model has: for a checkpoint that is its Haar detector, not an error
+    # (the file here is empty, so loading it fails on the file, not on the detector).
+    with pytest.raises(Exception) as err:
+        load_predictor(str(fake), face_detector="auto")
+    assert "Haar" not in str(err.value)
 
 
 @pytest.mark.parametrize("command", [["batch", "in", "--out", "out"], ["serve"], ["live", "talk.mp4"]])
-def test_batch_serve_and_live_reject_an_unknown_detector_before_loading(command, tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("from_env", [False, True])
+def test_batch_serve_and_live_reject_an_unknown_detector_before_loading(command, from_env, tmp_path,
+                                                                         monkeypatch) -> None:
     from typer.testing import CliRunner
 
+    import mmva.model.default
+    import mmva.model.predictor
     from mmva.cli import app
 
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(mmva.model.predictor, "load_predictor", no_loading)
+    monkeypatch.setattr(mmva.model.default, "load_default_model", no_loading)
     monkeypatch.chdir(tmp_path)
-    res = CliRunner().invoke(app, [*command, "--face-detector", "dlib"])
+    args, env = ([*command], {"MMVA_FACE_DETECTOR": "dlib"}) if from_env else ([*command, "--face-detector", "dlib"], {})
+    res = CliRunner().invoke(app, args, env=env)
     assert res.exit_code == 2, res.output
     assert "dlib" in res.output and "haar" in res.output
-    assert not (tmp_path / "out").exists()  # nothing was started
+    assert not (tmp_path / "out").exists()  # batch did not start
 
 
 def test_batch_worker_and_service_find_faces_with_the_chosen_detector(tmp_path) -> None:

@@ -92,10 +92,12 @@ def test_a_model_trained_with_following_context_uses_it_in_analyze(tmp_path):
         assert top in got and abs(got[top] - float(p["emotion"].max())) < 1e-3
     # A folder that chose the past only keeps that choice when a retrained model is installed into it.
     cfg_path = dest / "config.json"
-    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "text_following": False}))
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "text_following": False,
+                                    "text_following_measured": {"past_only": [1, 2]}}))
     install_text_model(result.run_dir, dest)
-    (dest / "MODEL_CARD.md").write_text("test")
-    assert json.loads(cfg_path.read_text())["text_following"] is False
+    config = json.loads(cfg_path.read_text())
+    assert config["text_following"] is False
+    assert "text_following_measured" not in config  # the previous file's figures are not carried over
     assert not DefaultModel(dest).uses_following
 
 

@@ -1,4 +1,5 @@
-"""The accurate model's logits on MELD train, the soft targets that distil it into the small default.
+"""The accurate model's logits on MELD train, the soft targets that distil it into the small default
+(``--model`` scores with another text model file instead, e.g. a new training run's).
 
     pip install "mmva[accurate]"
     python tools/teacher_logits.py --data /path/to/meld --out teacher.npz            # both views averaged

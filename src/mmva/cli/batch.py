@@ -68,7 +68,7 @@ def batch_cmd(
     try:
         report = analyze_collection(source, out, options, ray_address=ray or None, workers=workers,
                                     cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker, on_row=on_row)
-    except (FileNotFoundError, OutputError, ImportError) as exc:
+    except (FileNotFoundError, OutputError, ImportError, ValueError) as exc:  # ValueError: e.g. mtcnn for a checkpoint
         console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
     for row in report.failed:

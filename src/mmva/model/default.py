@@ -499,9 +499,13 @@ def install_text_model(run_dir: str | Path, dest: str | Path) -> Path:
             fusion = json.loads(cfg_file.read_text()).get("fusion")
             if fusion:
                 break
-    # The folder's choice of context (past only, or the following utterances too) stays with the folder.
+    # The folder's choice of context (past only, or the following utterances too) stays with the folder;
+    # the figures it was chosen from belonged to the previous file, so they are not carried over.
     old = json.loads((dest / "config.json").read_text()) if (dest / "config.json").is_file() else {}
-    kept = {k: old[k] for k in ("text_following", "text_following_measured") if k in old}
+    kept = {k: old[k] for k in ("text_following",) if k in old}
+    if kept:
+        log.info("%s: kept text_following=%s from the folder's config (measure it again for the new model)",
+                 dest, kept["text_following"])
     headline = metrics["calibrated_crossfit"]
     config = {
         "name": info["name"], "version": 1, "text_model": "text_model.safetensors",

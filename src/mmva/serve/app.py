@@ -74,7 +74,6 @@ class ServeSettings:
     model_dir: str | None = None  # None or an empty folder: the default model shipped with mmva
     # A `mmva train` checkpoint, default-model folder or model.tar.gz (local or s3://); wins over model_dir.
     model: str | None = None
-    face_detector: str | None = None  # auto, mtcnn or haar (the default model's face finder; None: auto)
     work_dir: str = field(default_factory=default_work_dir)  # jobs/ and uploads/ live here
     workers: int = 2
     max_queue: int = 8  # jobs waiting beyond the busy workers before 429/503
@@ -86,6 +85,7 @@ class ServeSettings:
     # Host header names served ("*": any); the bound host names (see origin.allowed_hosts_for).
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
     live: LiveLimits = field(default_factory=LiveLimits)  # WS /stream sessions
+    face_detector: str | None = None  # auto, mtcnn or haar (the default model's face finder; None: auto)
 
     @property
     def jobs_dir(self) -> Path:
