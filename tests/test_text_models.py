@@ -98,6 +98,7 @@ def test_a_model_trained_with_following_context_uses_it_in_analyze(tmp_path):
     config = json.loads(cfg_path.read_text())
     assert config["text_following"] is False
     assert "text_following_measured" not in config  # the previous file's figures are not carried over
+    assert '"text_following": false' in (dest / "MODEL_CARD.md").read_text()  # and the card says so
     assert not DefaultModel(dest).uses_following
 
 

@@ -522,7 +522,8 @@ def install_text_model(run_dir: str | Path, dest: str | Path) -> Path:
     if metrics["train_config"].get("teacher"):  # the run's own path to it says nothing in a shipped folder
         metrics["train_config"]["teacher"] = Path(metrics["train_config"]["teacher"]).name
     (dest / "dev_metrics.json").write_text(json.dumps(metrics, indent=2))
-    (dest / "MODEL_CARD.md").write_text(render_model_card(run, config["fusion"]["weights"]))
+    (dest / "MODEL_CARD.md").write_text(render_model_card(run, config["fusion"]["weights"],
+                                                          text_following=config.get("text_following", True)))
     return dest
 
 
@@ -536,8 +537,10 @@ def _distil_line(tc: dict[str, Any]) -> str:
             "utterances and with the next one too, averaged; `--past-only` for the first view alone).\n\n")
 
 
-def render_model_card(run_dir: str | Path, fusion_weights: dict[str, float] | None = None) -> str:
+def render_model_card(run_dir: str | Path, fusion_weights: dict[str, float] | None = None,
+                      text_following: bool = True) -> str:
     """MODEL_CARD.md text for a ``mmva train-text`` run (data, license, recipe, dev scores).
+    ``text_following=False``: the folder's config keeps analyze to the past only (the card says so).
 
     >>> print(render_model_card("runs/text")[:40])       # doctest: +SKIP
     # Model card: mmva default model (text
@@ -560,7 +563,9 @@ def render_model_card(run_dir: str | Path, fusion_weights: dict[str, float] | No
     if after:
         context_in = (f"`[CLS] utterance [SEP] {mc['context_turns']} previous utterance(s) [SEP] [SEP] {after} following "
                       f"utterance(s) [SEP]` (the following side only for recorded media; {tc.get('after_dropout', 0):.0%} "
-                      f"of training examples were shown without it, so a live stream's past-only input is in-distribution)")
+                      f"of training examples were shown without it, so a live stream's past-only input is in-distribution"
+                      + ("; this folder's `config.json` sets `\"text_following\": false`, so `mmva analyze` gives it "
+                         "the past only, as live does" if not text_following else "") + ")")
         past_line = (f"\nWith the past only (as `mmva live` runs it), the selected epoch scores "
                      f"{past['emotion']['weighted_f1']:.1f} emotion / {past['sentiment']['weighted_f1']:.1f} sentiment "
                      f"weighted-F1 without calibration, against {best['dev']['emotion']['weighted_f1']:.1f} / "
