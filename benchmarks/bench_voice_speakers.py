@@ -188,7 +188,7 @@ def held_out_head(shipped: Any, features: Path, data: Path, corpus: str, workdir
     from mmva.model.voice import load_voice_head
     from mmva.train.voice_head import HeadSpec, fit_head, normalise, speaker_population
 
-    x, keys = _cached(features, shipped.encoder_name)
+    x, keys = _cached(features, cache_kinds(shipped))
     meta: dict[str, tuple[int, str, str]] = {}
     for c in sorted(p.name for p in data.iterdir() if (p / "labels.csv").is_file()):
         for r in read_corpus(data / c):
@@ -211,6 +211,18 @@ def held_out_head(shipped: Any, features: Path, data: Path, corpus: str, workdir
     config["trained_without"] = corpus
     (folder / "voice.json").write_text(json.dumps(config))
     return load_voice_head(str(folder))
+
+
+def cache_kinds(head: Any) -> str:
+    """The feature-cache names (``mmva voice-fit --work``) of a head's feature. A head on Whisper's
+    middle blocks reports its kind as ``whisper+acoustic`` (what its encoder dispatches on), but its
+    Whisper part is cached as ``whisper-b12`` (blocks 1 and 2), not as the last layer's ``whisper``:
+    refitting on the wrong one scores features the head was never fitted to."""
+    blocks = getattr(head, "feature", {}).get("blocks")
+    kinds = head.encoder_name.split("+")
+    if blocks:
+        kinds = [f"whisper-b{''.join(str(b) for b in blocks)}" if k == "whisper" else k for k in kinds]
+    return "+".join(kinds)
 
 
 def _cached(features: Path, kinds: str) -> tuple[np.ndarray, list[str]]:

@@ -110,3 +110,22 @@ def test_voice_speakers_bench_groups_clips_as_analyze_does():
         got = grouped_probs(head, feats, groups, same)
         for g, w in zip(got, want):
             np.testing.assert_allclose(g, w["emotion"], atol=1e-6)
+
+
+def test_voice_speakers_bench_refits_on_the_shipped_heads_own_feature(tmp_path):
+    """The held-out heads are refitted on the cache of the feature the shipped head computes: the
+    middle-block head's Whisper part is ``whisper-b12``, not the last layer's ``whisper``."""
+    from bench_voice_speakers import cache_kinds
+
+    from mmva.model.voice import load_voice_head
+
+    shipped = load_voice_head()
+    assert cache_kinds(shipped) == "whisper-b12+acoustic"
+    last_layer = json.loads(json.dumps(shipped.config))
+    last_layer["feature"].pop("blocks")
+    folder = tmp_path / "head"
+    folder.mkdir()
+    (folder / "voice.json").write_text(json.dumps({**last_layer, "format": "mmva-voice-head-2"}))
+    for spec in last_layer["heads"].values():
+        (folder / spec["file"]).write_bytes((Path(shipped.source) / spec["file"]).read_bytes())
+    assert cache_kinds(load_voice_head(str(folder))) == "whisper+acoustic"
