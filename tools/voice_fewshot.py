@@ -9,7 +9,8 @@ features; each held-out clip is then standardised as `mmva analyze` does for a s
 the k clips' with weight k / (k + 5); the clip itself and k-1 other clips of its speaker drawn at
 random) and scored. Prints the mean over corpora of UAR, accuracy and the most predicted class's share
 per k, beside which the single-clip (utterance) head's LOCO figures in voice.json can be read.
-``--features`` holds the cached ``whisper.npz`` and ``acoustic.npz`` tables (rows in manifest order)
+``--features`` holds the cached ``whisper-b12.npz`` (the shipped head's middle-block feature; ``--whisper
+whisper`` for the last layer's ``whisper.npz``) and ``acoustic.npz`` tables (rows in manifest order)
 that `mmva voice-fit --work` caches.
 """
 
@@ -29,7 +30,8 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--manifest", required=True)
-    ap.add_argument("--features", required=True, help="folder with whisper.npz and acoustic.npz")
+    ap.add_argument("--features", required=True, help="folder with whisper-b12.npz (or --whisper's) and acoustic.npz")
+    ap.add_argument("--whisper", default="whisper-b12", help="the Whisper feature cache: whisper-b12 (shipped) or whisper")
     ap.add_argument("--ks", default="1,2,3,5,10")
     ap.add_argument("--prior-weight", type=float, default=5.0)
     args = ap.parse_args()
@@ -37,7 +39,7 @@ def main() -> None:
     rows = read_rows(args.manifest)
     y = np.array([EMOTIONS.index(r["emotion"]) for r in rows])
     spk, cor = np.array([r["speaker"] for r in rows]), np.array([r["corpus"] for r in rows])
-    x = np.nan_to_num(np.concatenate([np.load(f"{args.features}/{n}.npz")["x"] for n in ("whisper", "acoustic")],
+    x = np.nan_to_num(np.concatenate([np.load(f"{args.features}/{n}.npz")["x"] for n in (args.whisper, "acoustic")],
                                      1)).astype(np.float64)
     rng = np.random.default_rng(0)
     heads = {}
