@@ -218,11 +218,10 @@ def cache_kinds(head: Any) -> str:
     middle blocks reports its kind as ``whisper+acoustic`` (what its encoder dispatches on), but its
     Whisper part is cached as ``whisper-b12`` (blocks 1 and 2), not as the last layer's ``whisper``:
     refitting on the wrong one scores features the head was never fitted to."""
+    from mmva.train.voice_features import blocks_kind
+
     blocks = getattr(head, "feature", {}).get("blocks")
-    kinds = head.encoder_name.split("+")
-    if blocks:
-        kinds = [f"whisper-b{''.join(str(b) for b in blocks)}" if k == "whisper" else k for k in kinds]
-    return "+".join(kinds)
+    return "+".join(blocks_kind(blocks) if blocks and k == "whisper" else k for k in head.encoder_name.split("+"))
 
 
 def _cached(features: Path, kinds: str) -> tuple[np.ndarray, list[str]]:

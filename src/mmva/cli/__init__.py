@@ -49,6 +49,25 @@ def check_face_detector(name: str | None) -> str | None:
     return name
 
 
+def load_model(model: str | None, device: str, face_detector: str | None = None) -> typing.Any:
+    """The predictor named by --model (None: the shipped model, loaded by the command's pipeline) and
+    --face-detector (an unknown detector, MTCNN not installed, a model that cannot be loaded or that
+    cannot use the detector: exit 2 saying so)."""
+    if model is None and face_detector is None:
+        return None
+    check_face_detector(face_detector)  # before loading any model
+    from rich.text import Text
+
+    from mmva.analyze.asr import resolve_device
+    from mmva.model.predictor import load_predictor
+
+    try:
+        return load_predictor(model, resolve_device(device), face_detector=face_detector)
+    except (OSError, ValueError, ImportError) as exc:  # a missing file, not a checkpoint, a bad archive: named
+        console.print(Text.assemble(("error: ", "red"), str(exc)), soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
 def pick_model(model: str | None, text_model: str) -> str | None:
     """What to load from ``--model`` and ``--text-model`` (bad usage raises BadParameter: exit 2)."""
     if text_model not in TEXT_MODELS:

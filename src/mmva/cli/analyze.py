@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mmva.cli import app, console, face_detector_option, pick_model, text_model_option
+from mmva.cli import app, console, face_detector_option, load_model, pick_model, text_model_option
 
 DEVICES = ("cpu", "cuda", "auto")
 
@@ -101,7 +101,7 @@ def analyze_cmd(
         raise typer.BadParameter("the copy is for the HTML report's player: add html to -f", param_hint="--embed-video")
     who = _speaker_options(speakers, min_speakers, max_speakers, diarize)
     with _errors_only(quiet):
-        predictor = _load_model(pick_model(model, text_model), device, face_detector)
+        predictor = load_model(pick_model(model, text_model), device, face_detector)
         _analyze_files(list(paths or []), subtitles, formats, out, quiet, sample, regenerate,
                        {"asr_model": asr_model, "device": device, "top_k": top_k, "model": predictor, **who},
                        embed_video)
@@ -126,26 +126,6 @@ def _speaker_options(speakers: int | None, min_speakers: int | None, max_speaker
         console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
     return {**who, "diarize": diarize}
-
-
-def _load_model(model: str | None, device: str, face_detector: str | None = None) -> Any:
-    """The predictor named by --model (None: the shipped model, loaded by the pipeline) and
-    --face-detector (an unknown detector, or MTCNN not installed: exit 2 saying so)."""
-    if model is None and face_detector is None:
-        return None
-    from rich.text import Text
-
-    from mmva.analyze.asr import resolve_device
-    from mmva.encoders.face import resolve_detector
-    from mmva.model.predictor import load_predictor
-
-    try:
-        if face_detector is not None:
-            resolve_detector(face_detector)  # before loading any model
-        return load_predictor(model, resolve_device(device), face_detector=face_detector)
-    except (OSError, ValueError, ImportError) as exc:  # a missing file, not a checkpoint, a bad archive: named
-        console.print(Text.assemble(("error: ", "red"), str(exc)), soft_wrap=True)
-        raise typer.Exit(2) from None
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from typing import Any, Optional
 import typer
 from rich.markup import escape
 
-from mmva.cli import app, check_face_detector, console, face_detector_option, pick_model, text_model_option
+from mmva.cli import app, console, face_detector_option, load_model, pick_model, text_model_option
 
 
 def _line(u: Any, delay: float | None) -> str:
@@ -61,14 +61,8 @@ def live_cmd(
             console.print(f"[dim]… {escape(event.text)}[/dim]")
 
     chosen: Any = pick_model(model, text_model)
-    if check_face_detector(face_detector):
-        from mmva.model.predictor import load_predictor
-
-        try:
-            chosen = load_predictor(chosen, face_detector=face_detector)
-        except (OSError, ValueError, ImportError) as exc:  # e.g. a checkpoint asked for another detector
-            console.print(f"[red]error:[/red] {escape(str(exc))}")
-            raise typer.Exit(2) from None
+    if face_detector is not None:  # else LiveAnalyzer loads the model, as before the option
+        chosen = load_model(chosen, "cpu", face_detector)
     live = LiveAnalyzer(chosen, asr_model=asr_model,
                         options=LiveOptions(top_k=top_k, partial_every=1.0 if (partials or as_json) else 0))
     live.warm_up()

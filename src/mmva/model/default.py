@@ -493,16 +493,13 @@ def install_text_model(run_dir: str | Path, dest: str | Path) -> Path:
         save_file(state, str(dest / "text_model.safetensors"), metadata=meta)
     else:
         shutil.copyfile(src, dest / "text_model.safetensors")
-    fusion = None
-    for cfg_file in (dest / "config.json", default_model_dir() / "config.json"):
-        if cfg_file.is_file():
-            fusion = json.loads(cfg_file.read_text()).get("fusion")
-            if fusion:
-                break
+    old = json.loads((dest / "config.json").read_text()) if (dest / "config.json").is_file() else {}
+    fusion = old.get("fusion")
+    if not fusion and (default_model_dir() / "config.json").is_file():
+        fusion = json.loads((default_model_dir() / "config.json").read_text()).get("fusion")
     # The folder's choice of context (past only, or the following utterances too) stays with the folder;
     # the figures it was chosen from belonged to the previous file, so they are not carried over.
-    old = json.loads((dest / "config.json").read_text()) if (dest / "config.json").is_file() else {}
-    kept = {k: old[k] for k in ("text_following",) if k in old}
+    kept = {"text_following": old["text_following"]} if "text_following" in old else {}
     if kept:
         log.info("%s: kept text_following=%s from the folder's config (measure it again for the new model)",
                  dest, kept["text_following"])

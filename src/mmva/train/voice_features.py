@@ -92,6 +92,11 @@ def block_kind(kind: str) -> tuple[int, ...]:
     return tuple(int(c) for c in m.group(1)) if m else ()
 
 
+def blocks_kind(blocks: Sequence[int]) -> str:
+    """``(1, 2)`` -> ``"whisper-b12"``: the cache name of a middle-block feature (see :func:`block_kind`)."""
+    return "whisper-b" + "".join(str(b) for b in blocks)
+
+
 def _extract_kind(kind: str, paths: list[str], folder: Path, *, whisper_base: str | None,
                   progress: Callable[[str, int, int], None] | None) -> np.ndarray:
     final = folder / f"{kind}.npz"
