@@ -207,6 +207,8 @@ def test_distillation_from_a_teacher_and_a_teacher_that_does_not_cover_the_data(
 
     dest = install_text_model(result.run_dir, tmp_path / "installed")
     assert json.loads((dest / "dev_metrics.json").read_text())["train_config"]["teacher"] == "teacher.npz"
+    card = (dest / "MODEL_CARD.md").read_text()
+    assert "soft targets (`teacher.npz`)" in card and str(tmp_path) not in card  # the file, not the path
     np.savez(tmp_path / "partial.npz", uid=np.array([e.uid for e in train[:3]]), emotion=z["emotion"][:3].numpy(),
              sentiment=z["sentiment"][:3].numpy())
     with pytest.raises(ValueError, match="partial.npz: no teacher logits for"):

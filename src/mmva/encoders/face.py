@@ -512,9 +512,22 @@ def default_head_path() -> Path:
     return own if own.is_file() else default_weights_path()
 
 
+_HEAD_LOCK = threading.Lock()
+
+
 @lru_cache(maxsize=4)
-def shared_head(weights: str | None = None) -> FaceHead:
+def _cached_head(weights: str | None) -> FaceHead:
     return FaceHead(weights)
+
+
+def shared_head(weights: str | None = None) -> FaceHead:
+    """The face-expression network for ``weights`` (None: the shipped one), loaded once per process.
+
+    The lock makes concurrent first calls (the server's worker threads, analyze's warm-up thread)
+    wait for one load instead of each building its own network (lru_cache alone does not).
+    """
+    with _HEAD_LOCK:
+        return _cached_head(weights)
 
 
 def detect_and_classify(frames: np.ndarray, *, weights: str | None = None,

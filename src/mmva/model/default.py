@@ -527,11 +527,14 @@ def install_text_model(run_dir: str | Path, dest: str | Path) -> Path:
 def _distil_line(tc: dict[str, Any]) -> str:
     if not tc.get("teacher"):
         return ""
-    return (f"**Distillation.** Trained on MELD train with the soft targets of the accurate model (MPNet-base, "
-            f"`src/mmva/assets/accurate`): loss = {1 - tc['kd_weight']:g} x class-weighted cross-entropy + "
+    # The run records only the teacher's file, not which model wrote it: the card names the file and
+    # the tool's default teacher rather than assuming it.
+    return (f"**Distillation.** Trained on MELD train with a teacher's soft targets (`{Path(tc['teacher']).name}`): "
+            f"loss = {1 - tc['kd_weight']:g} x class-weighted cross-entropy + "
             f"{tc['kd_weight']:g} x T^2 KL at T={tc.get('kd_temperature', 2.0):g}. `TEACHER_LOGITS.npz` is made by "
-            "`python tools/teacher_logits.py` (by default the teacher's calibrated log-probabilities with two previous "
-            "utterances and with the next one too, averaged; `--past-only` for the first view alone).\n\n")
+            "`python tools/teacher_logits.py`, by default from the accurate model (MPNet-base, `src/mmva/assets/accurate`; "
+            "`--model` for another text model): its calibrated log-probabilities with two previous "
+            "utterances and with the next one too, averaged; `--past-only` for the first view alone.\n\n")
 
 
 def render_model_card(run_dir: str | Path, fusion_weights: dict[str, float] | None = None,
