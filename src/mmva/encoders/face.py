@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 from mmva.encoders.weights import WeightsNotFound
-from mmva.labels import EMOTIONS
+from mmva.labels import EMOTIONS, softmax
 
 log = logging.getLogger(__name__)
 
@@ -500,9 +500,7 @@ class FaceHead:
 def softmax_to_meld(z: np.ndarray) -> np.ndarray:
     """FER+ logits ``(n, 8)`` -> MELD-ordered probabilities ``(n, 7)``, contempt's share renormalised away
     (float64 inside, float32 out)."""
-    z = np.asarray(z, np.float64)
-    e = np.exp(z - z.max(-1, keepdims=True))
-    p = (e / e.sum(-1, keepdims=True))[..., list(FERPLUS_TO_MELD)]
+    p = softmax(z)[..., list(FERPLUS_TO_MELD)]
     return (p / np.maximum(p.sum(-1, keepdims=True), 1e-12)).astype(np.float32)
 
 

@@ -38,7 +38,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mmva.labels import EMOTIONS, SENTIMENTS, sentiment_of_emotion
+from mmva.labels import EMOTIONS, SENTIMENTS, sentiment_of_emotion, softmax
 
 log = logging.getLogger("mmva")
 
@@ -61,12 +61,6 @@ def sentiment_from_emotion(probs: np.ndarray) -> np.ndarray:
     [0.0, 0.0, 1.0]
     """
     return EMOTION_TO_SENTIMENT @ np.asarray(probs, dtype=np.float64)
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis (float64)."""
-    e = np.exp(z - z.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
 
 
 def pool_log_linear(dists: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
@@ -144,7 +138,7 @@ class DefaultModel:
             logits = self.text.predict_logits(
                 [texts[i] for i in keep], [list(contexts[i] or []) for i in keep] if contexts else None,
                 following=[list(following[i] or []) for i in keep] if following and self.uses_following else None)
-            probs = {task: _softmax(np.asarray(z, dtype=np.float64)) for task, z in logits.items()}
+            probs = {task: softmax(z) for task, z in logits.items()}
             for j, i in enumerate(keep):
                 out[i] = {task: p[j] for task, p in probs.items()}
         return out

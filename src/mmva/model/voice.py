@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mmva.io.clip import DecodedClip
-from mmva.labels import EMOTIONS
+from mmva.labels import EMOTIONS, softmax
 
 log = logging.getLogger("mmva")
 
@@ -240,10 +240,6 @@ class NumpyHead:
         return z
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = np.asarray(z, np.float64)
-    e = np.exp(z - z.max(-1, keepdims=True))
-    return (e / e.sum(-1, keepdims=True)).astype(np.float32)
 
 
 def _speech_seconds(audio: np.ndarray, sample_rate: int) -> float:
@@ -402,7 +398,7 @@ class FeatureVoiceHead(_SingleClip):
         head, temperature = self.heads[name]
         with self._lock:
             logits = head(x.astype(np.float32))
-        probs = _softmax(logits / np.float32(temperature))
+        probs = softmax(logits / np.float32(temperature)).astype(np.float32)
         for j, i in enumerate(present):
             out[i] = probs[j]
         return out

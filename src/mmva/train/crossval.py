@@ -31,6 +31,7 @@ import torch
 from mmva.config import Config
 from mmva.io import storage
 from mmva.labels import EMOTIONS, emotion_id, sentiment_of_emotion
+from mmva.labels import softmax as label_softmax  # this module's softmax takes a temperature
 
 log = logging.getLogger("mmva")
 
@@ -188,8 +189,8 @@ def calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -
 
 
 def softmax(z: np.ndarray, t: float = 1.0) -> np.ndarray:
-    e = np.exp((z - z.max(1, keepdims=True)) / t)
-    return e / e.sum(1, keepdims=True)
+    """Rows of ``z / t`` as probabilities."""
+    return label_softmax(np.asarray(z) / t, axis=1)
 
 
 # -- results --------------------------------------------------------------------------------------
