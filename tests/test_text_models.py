@@ -214,3 +214,30 @@ def test_distillation_from_a_teacher_and_a_teacher_that_does_not_cover_the_data(
     with pytest.raises(ValueError, match="partial.npz: no teacher logits for"):
         train_text(str(data), str(tmp_path / "run2"),
                    TextTrainConfig(epochs=1, batch_size=8, teacher=str(tmp_path / "partial.npz")))
+
+
+def test_select_last_keeps_the_final_epoch_and_refinalizes_a_finished_run(tmp_path):
+    """train-text --select last: the last epoch becomes the model (not the best on dev); given for a
+    finished run, only the selection and calibration are redone; an unknown choice is refused."""
+    from safetensors.torch import load_file
+
+    from mmva.train.text_finetune import TextTrainConfig, train_text
+
+    data = _tiny_meld(tmp_path / "meld")
+    cfg = TextTrainConfig(epochs=2, batch_size=8, lr=3e-3, head_lr=1e-2)
+    first = train_text(str(data), str(tmp_path / "run"), cfg)
+    assert first.metrics["best_epoch"] == max(first.history, key=lambda r: r["dev"]["emotion"]["weighted_f1"])["epoch"]
+    (tmp_path / "run" / "epoch1.safetensors").unlink()  # a re-run that trained again would rewrite it
+    again = train_text(str(data), str(tmp_path / "run"), TextTrainConfig(epochs=2, batch_size=8, lr=3e-3,
+                                                                         head_lr=1e-2, select="last"))
+    assert again.metrics["best_epoch"] == 2 and not (tmp_path / "run" / "epoch1.safetensors").exists()
+    assert again.metrics["train_config"]["select"] == "last"
+    final, epoch2 = (load_file(str(tmp_path / "run" / f)) for f in ("text_model.safetensors", "epoch2.safetensors"))
+    assert all(torch.equal(final[k], epoch2[k]) for k in epoch2 if k.startswith(("adapter.", "heads.")))
+    from mmva.model.default import render_model_card
+
+    assert "the last epoch\n(epoch 2) is kept" in render_model_card(tmp_path / "run")
+    assert "--select last" in render_model_card(tmp_path / "run")
+    r = subprocess.run([sys.executable, "-c", "from mmva.cli import app; app()", "train-text", "--data", str(data),
+                        "--out", str(tmp_path / "x"), "--select", "first"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "select='first'" in r.stderr and not (tmp_path / "x").exists()

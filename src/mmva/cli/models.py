@@ -36,6 +36,8 @@ def train_text_cmd(
     seed: int = typer.Option(13, help="Random seed."),
     max_train: Optional[int] = typer.Option(None, help="Subsample the training split (smoke runs)."),
     max_dev: Optional[int] = typer.Option(None, help="Use only the first N dev utterances (smoke runs)."),
+    select: str = typer.Option("best", help="The epoch kept: best (dev emotion weighted-F1) or last. Given for a "
+                               "finished run, only the selection and calibration are redone."),
     fresh: bool = typer.Option(False, "--fresh", help="Ignore the run's saved state instead of resuming."),
     install: Optional[str] = typer.Option(None, help="Also copy the final model + card data to this folder."),
 ) -> None:
@@ -54,9 +56,13 @@ def train_text_cmd(
         model_cfg = replace(model_cfg, target_modules=MPNET_TARGETS)
     cfg = TextTrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, max_train=max_train,
                           max_dev=max_dev, after_dropout=after_dropout, bf16=bf16, threads=threads,
-                          teacher=teacher, kd_weight=kd_weight,
+                          teacher=teacher, kd_weight=kd_weight, select=select,
                           model=model_cfg)
-    result = train_text(data, out, cfg, resume=not fresh)
+    try:
+        result = train_text(data, out, cfg, resume=not fresh)
+    except ValueError as exc:  # e.g. an unknown --select
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     head = result.metrics["calibrated_crossfit"]
     console.print(f"model: {escape(str(result.model_path))}")
     for task in ("emotion", "sentiment"):

@@ -595,12 +595,12 @@ for training, `dev_sent_emo.csv` (1,109) for selection and calibration. The test
 MELD's repository states GPL-3.0; the weights here are derived from it: check that this suits your use.
 The base model {mc.get('base', 'all-MiniLM-L6-v2')} is {info['licence']}. The mmva code is MIT.
 
-**Training.** `mmva train-text --data MELD_DIR --out runs/text{' --base ' + mc['base'] if mc.get('base', 'all-MiniLM-L6-v2') != 'all-MiniLM-L6-v2' else ''}{' --context-turns ' + str(mc['context_turns']) if mc['context_turns'] != 1 else ''}{' --context-after ' + str(after) if after else ''}{' --frozen-layers ' + str(mc['frozen_layers']) if mc['frozen_layers'] != 0 else ''}{' --lora-dropout ' + str(mc['lora_dropout']) if mc.get('lora_dropout', 0.1) != 0.1 else ''}{' --bf16' if tc.get('bf16') else ''}{' --teacher TEACHER_LOGITS.npz --kd-weight ' + str(tc.get('kd_weight')) if tc.get('teacher') else ''}{' --epochs ' + str(tc['epochs']) if tc['epochs'] != 3 else ''} --install {info['folder']}`
+**Training.** `mmva train-text --data MELD_DIR --out runs/text{' --base ' + mc['base'] if mc.get('base', 'all-MiniLM-L6-v2') != 'all-MiniLM-L6-v2' else ''}{' --context-turns ' + str(mc['context_turns']) if mc['context_turns'] != 1 else ''}{' --context-after ' + str(after) if after else ''}{' --frozen-layers ' + str(mc['frozen_layers']) if mc['frozen_layers'] != 0 else ''}{' --lora-dropout ' + str(mc['lora_dropout']) if mc.get('lora_dropout', 0.1) != 0.1 else ''}{' --bf16' if tc.get('bf16') else ''}{' --teacher TEACHER_LOGITS.npz --kd-weight ' + str(tc.get('kd_weight')) if tc.get('teacher') else ''}{' --epochs ' + str(tc['epochs']) if tc['epochs'] != 3 else ''}{' --select last' if tc.get('select') == 'last' else ''} --install {info['folder']}`
 (seed {tc['seed']}). Input {context_in}, at most {mc['max_length']} tokens. Both heads
 trained jointly with cross-entropy weighted by the square root of inverse class frequency (so fear and
 disgust get predicted at all), AdamW (adapter lr {tc['lr']}, heads {tc['head_lr']}, weight decay {tc['weight_decay']}), linear
-warm-up ({tc['warmup_ratio']:.0%}) and decay, batch {tc['batch_size']}, {tc['epochs']} epochs, gradient clipping 1.0; the epoch with the
-best dev emotion weighted-F1 (epoch {m['best_epoch']}) is kept. Cost on the shared 2-core CPU here (1 thread,
+warm-up ({tc['warmup_ratio']:.0%}) and decay, batch {tc['batch_size']}, {tc['epochs']} epochs, gradient clipping 1.0; {"the last epoch" if tc.get("select") == "last" else "the epoch with the best dev emotion weighted-F1"}
+(epoch {m['best_epoch']}) is kept. Cost on the shared 2-core CPU here (1 thread,
 other jobs running): caching the embeddings{cached_layers} {cache} s, then {', '.join(f'{s:.0f}' for s in secs)} s per epoch.
 
 **Calibration (fitted on dev).** Temperature by NLL, then a per-class bias by weighted-F1, kept only

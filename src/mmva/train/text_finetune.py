@@ -62,7 +62,13 @@ class TextTrainConfig:
     threads: int = 1  # measured here: 2 threads on an oversubscribed 2-core machine ran ~10x slower
     max_train: int | None = None  # subsample (tests, smoke runs)
     max_dev: int | None = None
+    # Which epoch becomes the model: "best" dev emotion wF1, or "last" (the learning rate decayed to 0;
+    # the accurate recipe's seeds ensemble better from their last epochs, docs/default-model.md).
+    select: str = "best"
     model: TextClassifierConfig = field(default_factory=TextClassifierConfig)
+
+
+SELECT = ("best", "last")
 
 
 @dataclass
@@ -253,8 +259,12 @@ def train_text(data: str, out_dir: str, cfg: TextTrainConfig = TextTrainConfig()
                train_split: str = "train", dev_split: str = "dev") -> TextTrainResult:
     """Fine-tune, select on dev, calibrate on dev; writes ``{out_dir}/text_model.safetensors``.
 
-    Every epoch writes ``epoch{n}.safetensors`` and ``state.pt`` (optimizer), so a killed run resumes.
+    Every epoch writes ``epoch{n}.safetensors`` and ``state.pt`` (optimizer), so a killed run resumes;
+    a finished run given again (same folder, ``resume``) only redoes the selection and calibration,
+    e.g. with another ``cfg.select``.
     """
+    if cfg.select not in SELECT:
+        raise ValueError(f"select={cfg.select!r}: expected one of {', '.join(SELECT)}")
     torch.set_num_threads(cfg.threads)
     random.seed(cfg.seed), np.random.seed(cfg.seed), torch.manual_seed(cfg.seed)
     out = Path(out_dir)
@@ -349,8 +359,11 @@ def _rng_state(t: torch.Tensor) -> tuple:
 
 def finalize(out: Path, dev: Sequence[TextExample], history: list[dict[str, Any]], cfg: TextTrainConfig
              ) -> TextTrainResult:
-    """Pick the best epoch on dev emotion wF1, fit calibration on dev, write the final model + metrics."""
-    best = max(history, key=lambda r: r["dev"]["emotion"]["weighted_f1"])
+    """Pick the epoch (``cfg.select``: best dev emotion wF1, or the last), fit calibration on dev, write
+    the final model + metrics."""
+    if not history:
+        raise ValueError(f"{out}: no trained epoch to select from")
+    best = history[-1] if cfg.select == "last" else max(history, key=lambda r: r["dev"]["emotion"]["weighted_f1"])
     model = TextClassifier.load(out / f"epoch{best['epoch']}.safetensors", merge=False)
     logits = evaluate_logits(model, dev)
     labels = {"emotion": torch.tensor([e.emotion for e in dev]), "sentiment": torch.tensor([e.sentiment for e in dev])}
