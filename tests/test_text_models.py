@@ -241,3 +241,46 @@ def test_select_last_keeps_the_final_epoch_and_refinalizes_a_finished_run(tmp_pa
     r = subprocess.run([sys.executable, "-c", "from mmva.cli import app; app()", "train-text", "--data", str(data),
                         "--out", str(tmp_path / "x"), "--select", "first"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and "select='first'" in r.stderr and not (tmp_path / "x").exists()
+
+
+def test_soup_of_two_runs_is_their_exact_weight_average_installed_as_one_model(tmp_path):
+    """mmva soup-text: two seeds' adapters become one rank-2r adapter whose merged weights are exactly
+    the average of the two merged models; the result is calibrated, installable and says what it is."""
+    from dataclasses import replace
+
+    from mmva.model.default import install_text_model
+    from mmva.model.textclf import TextClassifier
+    from mmva.train.text_finetune import TextTrainConfig, soup_text_models, train_text
+
+    data = _tiny_meld(tmp_path / "meld")
+    runs = []
+    for seed in (1, 2):
+        cfg = TextTrainConfig(epochs=1, batch_size=8, lr=3e-3, head_lr=1e-2, seed=seed)
+        runs.append(train_text(str(data), str(tmp_path / f"seed{seed}"), cfg).run_dir)
+    files = [f"{r}/epoch1.safetensors" for r in runs]
+    result = soup_text_models(files, str(data), str(tmp_path / "soup"))
+    assert [m["seed"] for m in result.metrics["soup_of"]] == [1, 2]
+    assert result.metrics["train_config"]["model"]["lora_r"] == 16 and result.metrics["best_epoch"] == 1
+
+    members = [TextClassifier.load(f, merge=True).encoder.state_dict() for f in files]
+    soup = TextClassifier.load(tmp_path / "soup" / "epoch1.safetensors", merge=True).encoder.state_dict()
+    changed = [k for k in soup if not torch.equal(members[0][k], members[1][k])]
+    assert changed  # the seeds trained different adapters
+    for k in changed:
+        assert torch.allclose(soup[k], (members[0][k] + members[1][k]) / 2, atol=1e-5), k
+    texts = ["I am so happy!", "Get out of here."]
+    z = TextClassifier.load(result.model_path).predict_logits(texts)
+    assert z["emotion"].shape == (2, len(EMOTIONS)) and torch.isfinite(z["emotion"]).all()
+
+    dest = install_text_model(result.run_dir, tmp_path / "installed")
+    card = (dest / "MODEL_CARD.md").read_text()
+    assert "model soup" in card and "seed 1 epoch 1, seed 2 epoch 1" in card and "rank-16 adapter" in card
+
+    # Runs of different recipes, or a single file, are refused with the file named (exit 2).
+    cfg3 = TextTrainConfig(epochs=1, batch_size=8, seed=3, model=replace(TextTrainConfig().model, context_turns=2))
+    other = train_text(str(data), str(tmp_path / "ctx2"), cfg3).run_dir
+    for args, msg in (([files[0], f"{other}/epoch1.safetensors"], "model config differs"),
+                      ([files[0]], "at least two"), ([files[0], str(tmp_path / "nope.safetensors")], "no such model file")):
+        r = subprocess.run([sys.executable, "-c", "from mmva.cli import app; app()", "soup-text", *args, "--data",
+                            str(data), "--out", str(tmp_path / "bad")], capture_output=True, text=True, timeout=600)
+        assert r.returncode == 2 and msg in r.stderr, r.stderr[-2000:]

@@ -76,6 +76,37 @@ def train_text_cmd(
         console.print(f"installed into {escape(install)}")
 
 
+@app.command("soup-text")
+def soup_text_cmd(
+    files: list[str] = typer.Argument(..., help="Model files of runs of one recipe (text_model.safetensors or "
+                                      "epoch{n}.safetensors), e.g. two seeds' last epochs."),
+    data: str = typer.Option(..., "--data", help="MELD-format folder: dev_sent_emo.csv scores and calibrates the soup."),
+    out: str = typer.Option("runs/soup", "--out", help="Run folder for the averaged model (as train-text writes)."),
+    bf16: bool = typer.Option(False, help="Evaluate in bfloat16 autocast (fast on AMX CPUs)."),
+    threads: int = typer.Option(1, help="Torch threads."),
+    install: Optional[str] = typer.Option(None, help="Also copy the averaged model + card data to this folder."),
+) -> None:
+    """Average the weights of several text runs into one model of the same size and speed (a model soup)."""
+    from mmva.train.text_finetune import soup_text_models
+
+    try:
+        result = soup_text_models(files, data, out, threads=threads, bf16=bf16)
+    except (OSError, ValueError) as exc:  # a missing file, runs of different recipes
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    head = result.metrics["calibrated_crossfit"]
+    console.print(f"model: {escape(str(result.model_path))}")
+    for task in ("emotion", "sentiment"):
+        m = head[task]
+        console.print(f"dev {task}: weighted-F1 {m['weighted_f1']:.2f}, accuracy {m['accuracy']:.2f}, "
+                      f"macro-F1 {m['macro_f1']:.2f}")
+    if install:
+        from mmva.model.default import install_text_model
+
+        install_text_model(result.run_dir, install)
+        console.print(f"installed into {escape(install)}")
+
+
 @app.command("analyze-text")
 def analyze_text_cmd(
     texts: list[str] = typer.Argument(..., help="Sentences to score."),

@@ -531,6 +531,19 @@ def _distil_line(tc: dict[str, Any]) -> str:
             "utterances and with the next one too, averaged; `--past-only` for the first view alone.\n\n")
 
 
+def _soup_line(m: dict[str, Any]) -> str:
+    members = m.get("soup_of")
+    if not members:
+        return ""
+    r = m["train_config"]["model"]["lora_r"] // len(members)
+    names = ", ".join(f"seed {x.get('seed', '?')} epoch {x.get('epoch', '?')}" for x in members)
+    files = " ".join(f"runs/seed{x.get('seed', 'N')}/epoch{x.get('epoch', 'N')}.safetensors" for x in members)
+    return (f"**Weights averaged (model soup).** This model is the average of {len(members)} runs of the recipe "
+            f"below ({names}): their rank-{r} LoRA updates stored exactly as one rank-{r * len(members)} adapter, "
+            f"the heads averaged, then calibrated on dev like a training run: one model, one pass per utterance. "
+            f"Made by `mmva soup-text {files} --data MELD_DIR --out runs/soup`.\n\n")
+
+
 def render_model_card(run_dir: str | Path, fusion_weights: dict[str, float] | None = None,
                       text_following: bool = True) -> str:
     """MODEL_CARD.md text for a ``mmva train-text`` run (data, license, recipe, dev scores).
@@ -643,7 +656,7 @@ emotion wF1; frozen MiniLM embedding + logistic regression 51.9; MiniLM fully fi
 previous utterance as context 58.8. Published text models reach 62-65 on MELD *test* with larger
 encoders. {reached}
 
-{_distil_line(tc)}**Limits.** English, sitcom dialogue; confidences calibrated on MELD dev only. Fear and disgust remain
+{_distil_line(tc)}{_soup_line(m)}**Limits.** English, sitcom dialogue; confidences calibrated on MELD dev only. Fear and disgust remain
 hard (few examples). Sarcasm and context beyond {mc['context_turns']} previous{f' and {after} following' if after else ''} utterance(s) are not
 modelled. Do not use it to make decisions about people.
 

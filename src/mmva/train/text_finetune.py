@@ -478,3 +478,93 @@ def calibrate_on_dev(logits: dict[str, torch.Tensor], labels: dict[str, torch.Te
                         "nll_before": round(float(nn.functional.cross_entropy(z, y)), 4),
                         "nll_after": round(float(nn.functional.cross_entropy(final, y)), 4)}
     return {"fitted": fitted, "report": report, "crossfit_logits": crossfit}
+
+
+# -- model soup ----------------------------------------------------------------------------------
+def soup_text_models(files: Sequence[str | Path], data: str, out_dir: str, *, dev_split: str = "dev",
+                     threads: int = 1, bf16: bool = False) -> TextTrainResult:
+    """One model from several runs of one recipe (other seeds): their weights averaged, a "model soup"
+    (Wortsman et al., 2022), then scored, calibrated and written like a training run, so
+    :func:`mmva.model.default.install_text_model` installs it.
+
+    The averaged LoRA update of n rank-r adapters is stored exactly as one adapter of rank n*r:
+    (1/n) sum_i B_i A_i = [B_1 ... B_n] / n x [A_1; ...; A_n], with alpha scaled by n so the LoRA scale
+    alpha/r stays; the linear heads are averaged. peft has no such merge for adapters of separate runs
+    (its ``add_weighted_adapter`` works on adapters loaded into one model and re-factorises by SVD),
+    hence these few lines. Each file is a ``text_model.safetensors`` or ``epoch{n}.safetensors``.
+    """
+    from dataclasses import replace
+
+    from peft import set_peft_model_state_dict
+    from safetensors import safe_open
+
+    if len(files) < 2:
+        raise ValueError("a soup needs at least two model files")
+    torch.set_num_threads(threads)
+    states, configs, members = [], [], []
+    for f in files:
+        f = Path(f)
+        if not f.is_file():
+            raise ValueError(f"{f}: no such model file")
+        with safe_open(str(f), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            states.append({k: fh.get_tensor(k).float() for k in fh.keys()})
+        configs.append(TextClassifierConfig.from_dict(json.loads(meta["config"])))
+        run_cfg = f.parent / "train_config.json"
+        members.append({"file": f.name, "run": f.parent.name, "epoch": json.loads(meta.get("extra", "{}")).get("epoch"),
+                        "seed": json.loads(run_cfg.read_text()).get("seed") if run_cfg.is_file() else None})
+    first = configs[0]
+    for f, c in zip(files[1:], configs[1:]):
+        if c != first:
+            raise ValueError(f"{f}: its model config differs from {files[0]}'s (a soup averages runs of one recipe)")
+    n = len(states)
+    mcfg = replace(first, lora_r=n * first.lora_r, lora_alpha=n * first.lora_alpha)
+    model = TextClassifier.from_base(mcfg)
+    adapter = {}
+    for k in states[0]:
+        if not k.startswith("adapter."):
+            continue
+        if "lora_A" in k:
+            adapter[k[len("adapter."):]] = torch.cat([s[k] for s in states], dim=0)
+        elif "lora_B" in k:
+            adapter[k[len("adapter."):]] = torch.cat([s[k] for s in states], dim=1) / n
+        else:
+            raise ValueError(f"{files[0]}: unexpected adapter tensor {k}")
+    result = set_peft_model_state_dict(model.encoder, adapter)
+    if getattr(result, "unexpected_keys", None):
+        raise ValueError(f"soup adapter keys do not match the base: {result.unexpected_keys[:3]}")
+    model.heads.load_state_dict({k[len("heads."):]: sum(s[k] for s in states) / n
+                                 for k in states[0] if k.startswith("heads.")})
+    model.bf16 = bf16
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev, problems = read_meld_text(Path(data) / f"{dev_split}_sent_emo.csv", mcfg.context_turns, mcfg.context_after)
+    for p in problems:
+        log.warning(p)
+    t0 = time.time()
+    rec: dict[str, Any] = {"epoch": 1, "train_loss": None, "train_seconds": 0.0, "soup_of": members,
+                           "dev": _score(evaluate_logits(model, dev), dev)}
+    if mcfg.context_after > 0:
+        rec["dev_past_only"] = _score(evaluate_logits(model, dev, following=False), dev)
+    rec["eval_seconds"] = round(time.time() - t0, 1)
+    log.info("soup of %d: dev emotion wF1 %.2f, sentiment wF1 %.2f", n, rec["dev"]["emotion"]["weighted_f1"],
+             rec["dev"]["sentiment"]["weighted_f1"])
+    model.save(out / "epoch1.safetensors", extra={"epoch": 1, "soup_of": members})
+    storage.write_text_atomic(out / "history.json", json.dumps([rec], indent=2))
+    # The recipe is the first run's (its train_config.json when beside it), the model config the soup's.
+    first_run = Path(files[0]).parent / "train_config.json"
+    tc = json.loads(first_run.read_text()) if first_run.is_file() else {}
+    tc.pop("model", None)
+    tc.update(select="last", threads=threads, bf16=bf16)
+    cfg = TextTrainConfig(**{k: v for k, v in tc.items() if k in TextTrainConfig.__dataclass_fields__}, model=mcfg)
+    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    result_ = finalize(out, dev, [rec], cfg)
+    # What the card and the benchmark need beyond a training run's metrics: the members, and their
+    # training cost (the soup itself trains nothing).
+    member_secs = []
+    for f in files:
+        hist = Path(f).parent / "history.json"
+        member_secs.append([r["train_seconds"] for r in json.loads(hist.read_text())] if hist.is_file() else [])
+    result_.metrics.update(soup_of=members, seconds_per_epoch=member_secs[0], member_seconds_per_epoch=member_secs)
+    (out / "metrics.json").write_text(json.dumps(result_.metrics, indent=2))
+    return result_
