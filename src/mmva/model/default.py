@@ -539,9 +539,9 @@ def _soup_line(m: dict[str, Any]) -> str:
     names = ", ".join(f"seed {x.get('seed', '?')} epoch {x.get('epoch', '?')}" for x in members)
     files = " ".join(f"runs/seed{x.get('seed', 'N')}/epoch{x.get('epoch', 'N')}.safetensors" for x in members)
     return (f"**Weights averaged (model soup).** This model is the average of {len(members)} runs of the recipe "
-            f"below ({names}): their rank-{r} LoRA updates stored exactly as one rank-{r * len(members)} adapter, "
+            f"above ({names}): their rank-{r} LoRA updates stored exactly as one rank-{r * len(members)} adapter, "
             f"the heads averaged, then calibrated on dev like a training run: one model, one pass per utterance. "
-            f"Made by `mmva soup-text {files} --data MELD_DIR --out runs/soup`.\n\n")
+            f"Made by `mmva soup-text {files} --data MELD_DIR --out runs/soup --install FOLDER`.\n\n")
 
 
 def render_model_card(run_dir: str | Path, fusion_weights: dict[str, float] | None = None,
@@ -589,6 +589,19 @@ def render_model_card(run_dir: str | Path, fusion_weights: dict[str, float] | No
         return ", ".join(f"{k} {v:.1f}" for k, v in d[t]["per_class_f1"].items())
     cal = m["calibration"]
     secs = m["seconds_per_epoch"]
+    soup = m.get("soup_of") or []
+    if soup:  # the recipe is each member run's; the soup line below says how they were combined
+        cmd_tail = " --seed N"
+        seeds = ("run once per seed, seeds " + " and ".join(str(x.get("seed", "?")) for x in soup)
+                 + "; then `mmva soup-text`, below")
+        epochs = sorted({str(x.get("epoch", "?")) for x in soup})
+        kept = (f"each run's epoch {' / '.join(epochs)} went into the average below (the first run's times "
+                f"are given)")
+    else:
+        cmd_tail = (" --select last" if tc.get("select") == "last" else "") + f" --install {info['folder']}"
+        seeds = f"seed {tc['seed']}"
+        kept = (f"{'the last epoch' if tc.get('select') == 'last' else 'the epoch with the best dev emotion weighted-F1'}"
+                f"\n(epoch {m['best_epoch']}) is kept")
     cache = (run / "cache_seconds.txt").read_text().strip() if (run / "cache_seconds.txt").exists() else "?"
     lines = f"""# Model card: mmva {info['title']} model (text part), version 1
 
@@ -608,12 +621,11 @@ for training, `dev_sent_emo.csv` (1,109) for selection and calibration. The test
 MELD's repository states GPL-3.0; the weights here are derived from it: check that this suits your use.
 The base model {mc.get('base', 'all-MiniLM-L6-v2')} is {info['licence']}. The mmva code is MIT.
 
-**Training.** `mmva train-text --data MELD_DIR --out runs/text{' --base ' + mc['base'] if mc.get('base', 'all-MiniLM-L6-v2') != 'all-MiniLM-L6-v2' else ''}{' --context-turns ' + str(mc['context_turns']) if mc['context_turns'] != 1 else ''}{' --context-after ' + str(after) if after else ''}{' --frozen-layers ' + str(mc['frozen_layers']) if mc['frozen_layers'] != 0 else ''}{' --lora-dropout ' + str(mc['lora_dropout']) if mc.get('lora_dropout', 0.1) != 0.1 else ''}{' --bf16' if tc.get('bf16') else ''}{' --teacher TEACHER_LOGITS.npz --kd-weight ' + str(tc.get('kd_weight')) if tc.get('teacher') else ''}{' --epochs ' + str(tc['epochs']) if tc['epochs'] != 3 else ''}{' --select last' if tc.get('select') == 'last' else ''} --install {info['folder']}`
-(seed {tc['seed']}). Input {context_in}, at most {mc['max_length']} tokens. Both heads
+**Training.** `mmva train-text --data MELD_DIR --out runs/text{' --base ' + mc['base'] if mc.get('base', 'all-MiniLM-L6-v2') != 'all-MiniLM-L6-v2' else ''}{' --context-turns ' + str(mc['context_turns']) if mc['context_turns'] != 1 else ''}{' --context-after ' + str(after) if after else ''}{' --frozen-layers ' + str(mc['frozen_layers']) if mc['frozen_layers'] != 0 else ''}{' --lora-dropout ' + str(mc['lora_dropout']) if mc.get('lora_dropout', 0.1) != 0.1 else ''}{' --bf16' if tc.get('bf16') else ''}{' --teacher TEACHER_LOGITS.npz --kd-weight ' + str(tc.get('kd_weight')) if tc.get('teacher') else ''}{' --epochs ' + str(tc['epochs']) if tc['epochs'] != 3 else ''}{cmd_tail}`
+({seeds}). Input {context_in}, at most {mc['max_length']} tokens. Both heads
 trained jointly with cross-entropy weighted by the square root of inverse class frequency (so fear and
 disgust get predicted at all), AdamW (adapter lr {tc['lr']}, heads {tc['head_lr']}, weight decay {tc['weight_decay']}), linear
-warm-up ({tc['warmup_ratio']:.0%}) and decay, batch {tc['batch_size']}, {tc['epochs']} epochs, gradient clipping 1.0; {"the last epoch" if tc.get("select") == "last" else "the epoch with the best dev emotion weighted-F1"}
-(epoch {m['best_epoch']}) is kept. Cost on the shared 2-core CPU here (1 thread,
+warm-up ({tc['warmup_ratio']:.0%}) and decay, batch {tc['batch_size']}, {tc['epochs']} epochs, gradient clipping 1.0; {kept}. Cost on the shared 2-core CPU here (1 thread,
 other jobs running): caching the embeddings{cached_layers} {cache} s, then {', '.join(f'{s:.0f}' for s in secs)} s per epoch.
 
 **Calibration (fitted on dev).** Temperature by NLL, then a per-class bias by weighted-F1, kept only

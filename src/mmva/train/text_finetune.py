@@ -566,5 +566,8 @@ def soup_text_models(files: Sequence[str | Path], data: str, out_dir: str, *, de
         hist = Path(f).parent / "history.json"
         member_secs.append([r["train_seconds"] for r in json.loads(hist.read_text())] if hist.is_file() else [])
     result_.metrics.update(soup_of=members, seconds_per_epoch=member_secs[0], member_seconds_per_epoch=member_secs)
+    cached = Path(files[0]).parent / "cache_seconds.txt"
+    if cached.is_file():
+        (out / "cache_seconds.txt").write_text(cached.read_text())
     (out / "metrics.json").write_text(json.dumps(result_.metrics, indent=2))
     return result_
