@@ -275,11 +275,21 @@ def test_soup_of_two_runs_is_their_exact_weight_average_installed_as_one_model(t
     dest = install_text_model(result.run_dir, tmp_path / "installed")
     card = (dest / "MODEL_CARD.md").read_text()
     assert "model soup" in card and "seed 1 epoch 1, seed 2 epoch 1" in card and "rank-16 adapter" in card
+    assert "soup-text" in json.loads((dest / "config.json").read_text())["reproduce"]
+    # An installed model file works as a member too (its seed and epoch read from the folder's records).
+    inst = install_text_model(runs[0], tmp_path / "inst1")
+    again = soup_text_models([inst / "text_model.safetensors", files[1]], str(data), str(tmp_path / "soup2"))
+    assert [(m["seed"], m["epoch"]) for m in again.metrics["soup_of"]] == [(1, 1), (2, 1)]
+    assert again.metrics["train_config"]["seed"] is None  # a soup has no one seed
 
     # Runs of different recipes, or a single file, are refused with the file named (exit 2).
     cfg3 = TextTrainConfig(epochs=1, batch_size=8, seed=3, model=replace(TextTrainConfig().model, context_turns=2))
     other = train_text(str(data), str(tmp_path / "ctx2"), cfg3).run_dir
+    (tmp_path / "junk.safetensors").write_bytes(b"not a model")
+    lr = train_text(str(data), str(tmp_path / "lr"), TextTrainConfig(epochs=1, batch_size=8, lr=1e-4, seed=4)).run_dir
     for args, msg in (([files[0], f"{other}/epoch1.safetensors"], "model config differs"),
+                      ([files[0], f"{lr}/epoch1.safetensors"], "other settings"),
+                      ([files[0], str(tmp_path / "junk.safetensors")], "junk.safetensors"),
                       ([files[0]], "at least two"), ([files[0], str(tmp_path / "nope.safetensors")], "no such model file")):
         r = subprocess.run([sys.executable, "-c", "from mmva.cli import app; app()", "soup-text", *args, "--data",
                             str(data), "--out", str(tmp_path / "bad")], capture_output=True, text=True, timeout=600)

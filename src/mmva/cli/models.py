@@ -15,7 +15,7 @@ from mmva.cli import app, console, pick_model, text_model_option
 def train_text_cmd(
     data: str = typer.Option(..., "--data", help="MELD-format folder with {split}_sent_emo.csv."),
     out: str = typer.Option("runs/text", "--out", help="Run folder (epoch files, metrics, final model)."),
-    epochs: int = typer.Option(3, help="Training epochs (the epoch with the best dev emotion wF1 is kept)."),
+    epochs: int = typer.Option(3, help="Training epochs (which one is kept: --select)."),
     batch_size: int = typer.Option(32, help="Utterances per step."),
     lr: float = typer.Option(1e-3, help="Learning rate of the LoRA adapter."),
     context_turns: int = typer.Option(1, help="Previous utterances of the dialogue given as context."),
@@ -37,7 +37,8 @@ def train_text_cmd(
     max_train: Optional[int] = typer.Option(None, help="Subsample the training split (smoke runs)."),
     max_dev: Optional[int] = typer.Option(None, help="Use only the first N dev utterances (smoke runs)."),
     select: str = typer.Option("best", help="The epoch kept: best (dev emotion weighted-F1) or last. Given for a "
-                               "finished run, only the selection and calibration are redone."),
+                               "finished run (with the run's other options repeated), only the selection and "
+                               "calibration are redone."),
     fresh: bool = typer.Option(False, "--fresh", help="Ignore the run's saved state instead of resuming."),
     install: Optional[str] = typer.Option(None, help="Also copy the final model + card data to this folder."),
 ) -> None:

@@ -506,7 +506,10 @@ def install_text_model(run_dir: str | Path, dest: str | Path) -> Path:
         "labels": {"emotion": list(EMOTIONS), "sentiment": list(SENTIMENTS)},
         "dev_metrics": {t: {k: v for k, v in m.items() if k != "confusion_matrix"} for t, m in headline.items()},
         "calibration": metrics["calibration"], "best_epoch": metrics["best_epoch"],
-        "reproduce": f"mmva train-text --data /path/to/meld --out runs/text --install {info['folder']}"
+        "reproduce": (f"mmva train-text runs (one per seed), then mmva soup-text RUN/epochN.safetensors ... --data "
+                      f"/path/to/meld --install {info['folder']} (see MODEL_CARD.md for the options)")
+                     if metrics.get("soup_of") else
+                     f"mmva train-text --data /path/to/meld --out runs/text --install {info['folder']}"
                      + ("" if base == "all-MiniLM-L6-v2" else " (see MODEL_CARD.md for the options)"),
     }
     (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -536,8 +539,11 @@ def _soup_line(m: dict[str, Any]) -> str:
     if not members:
         return ""
     r = m["train_config"]["model"]["lora_r"] // len(members)
-    names = ", ".join(f"seed {x.get('seed', '?')} epoch {x.get('epoch', '?')}" for x in members)
-    files = " ".join(f"runs/seed{x.get('seed', 'N')}/epoch{x.get('epoch', 'N')}.safetensors" for x in members)
+    def known(x: dict[str, Any], key: str) -> str:
+        return "?" if x.get(key) is None else str(x[key])
+
+    names = ", ".join(f"seed {known(x, 'seed')} epoch {known(x, 'epoch')}" for x in members)
+    files = " ".join(f"runs/{x.get('run') or 'RUN'}/{x.get('file') or 'text_model.safetensors'}" for x in members)
     return (f"**Weights averaged (model soup).** This model is the average of {len(members)} runs of the recipe "
             f"above ({names}): their rank-{r} LoRA updates stored exactly as one rank-{r * len(members)} adapter, "
             f"the heads averaged, then calibrated on dev like a training run: one model, one pass per utterance. "
@@ -592,9 +598,9 @@ def render_model_card(run_dir: str | Path, fusion_weights: dict[str, float] | No
     soup = m.get("soup_of") or []
     if soup:  # the recipe is each member run's; the soup line below says how they were combined
         cmd_tail = " --seed N"
-        seeds = ("run once per seed, seeds " + " and ".join(str(x.get("seed", "?")) for x in soup)
+        seeds = ("run once per seed, seeds " + " and ".join("?" if x.get("seed") is None else str(x["seed"]) for x in soup)
                  + "; then `mmva soup-text`, below")
-        epochs = sorted({str(x.get("epoch", "?")) for x in soup})
+        epochs = sorted({"?" if x.get("epoch") is None else str(x["epoch"]) for x in soup})
         kept = (f"each run's epoch {' / '.join(epochs)} went into the average below (the first run's times "
                 f"are given)")
     else:

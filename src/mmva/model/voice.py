@@ -240,8 +240,6 @@ class NumpyHead:
         return z
 
 
-
-
 def _speech_seconds(audio: np.ndarray, sample_rate: int) -> float:
     from mmva.analyze.asr import speech_regions
 

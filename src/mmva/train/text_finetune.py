@@ -260,8 +260,8 @@ def train_text(data: str, out_dir: str, cfg: TextTrainConfig = TextTrainConfig()
     """Fine-tune, select on dev, calibrate on dev; writes ``{out_dir}/text_model.safetensors``.
 
     Every epoch writes ``epoch{n}.safetensors`` and ``state.pt`` (optimizer), so a killed run resumes;
-    a finished run given again (same folder, ``resume``) only redoes the selection and calibration,
-    e.g. with another ``cfg.select``.
+    a finished run given again (same folder and options, ``resume``) only redoes the selection and
+    calibration, e.g. with another ``cfg.select``.
     """
     if cfg.select not in SELECT:
         raise ValueError(f"select={cfg.select!r}: expected one of {', '.join(SELECT)}")
@@ -481,6 +481,17 @@ def calibrate_on_dev(logits: dict[str, torch.Tensor], labels: dict[str, torch.Te
 
 
 # -- model soup ----------------------------------------------------------------------------------
+def _run_recipe(folder: Path) -> dict[str, Any]:
+    """The training settings recorded beside a model file: a run's train_config.json, or the
+    train_config inside an installed folder's dev_metrics.json (a run's metrics.json); {} if none."""
+    if (folder / "train_config.json").is_file():
+        return json.loads((folder / "train_config.json").read_text())
+    for name in ("dev_metrics.json", "metrics.json"):
+        if (folder / name).is_file():
+            return json.loads((folder / name).read_text()).get("train_config", {})
+    return {}
+
+
 def soup_text_models(files: Sequence[str | Path], data: str, out_dir: str, *, dev_split: str = "dev",
                      threads: int = 1, bf16: bool = False) -> TextTrainResult:
     """One model from several runs of one recipe (other seeds): their weights averaged, a "model soup"
@@ -498,25 +509,45 @@ def soup_text_models(files: Sequence[str | Path], data: str, out_dir: str, *, de
     from peft import set_peft_model_state_dict
     from safetensors import safe_open
 
+    from mmva.model.textclf import ARCHITECTURE
+
     if len(files) < 2:
         raise ValueError("a soup needs at least two model files")
+    out = Path(out_dir)
     torch.set_num_threads(threads)
-    states, configs, members = [], [], []
+    states, configs, members, recipes = [], [], [], []
     for f in files:
         f = Path(f)
         if not f.is_file():
             raise ValueError(f"{f}: no such model file")
-        with safe_open(str(f), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            states.append({k: fh.get_tensor(k).float() for k in fh.keys()})
-        configs.append(TextClassifierConfig.from_dict(json.loads(meta["config"])))
-        run_cfg = f.parent / "train_config.json"
-        members.append({"file": f.name, "run": f.parent.name, "epoch": json.loads(meta.get("extra", "{}")).get("epoch"),
-                        "seed": json.loads(run_cfg.read_text()).get("seed") if run_cfg.is_file() else None})
+        if out.resolve() == f.parent.resolve():
+            raise ValueError(f"{out}: is the folder of {f}; give the soup its own --out")
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                states.append({k: fh.get_tensor(k).float() for k in fh.keys()})
+            if meta.get("architecture") != ARCHITECTURE:
+                raise ValueError(f"not a {ARCHITECTURE} file (architecture={meta.get('architecture')!r})")
+            configs.append(TextClassifierConfig.from_dict(json.loads(meta["config"])))
+        except (OSError, KeyError, ValueError, TypeError) as exc:  # safetensors raises its own errors too
+            raise ValueError(f"{f}: not a text model file ({exc})") from None
+        except Exception as exc:  # e.g. safetensors_rust.SafetensorError on a corrupt file
+            raise ValueError(f"{f}: unreadable ({exc})") from None
+        extra = json.loads(meta.get("extra", "{}"))
+        recipe = _run_recipe(f.parent)
+        recipes.append(recipe)
+        members.append({"file": f.name, "run": f.parent.name, "epoch": extra.get("epoch", extra.get("best_epoch")),
+                        "seed": recipe.get("seed")})
     first = configs[0]
     for f, c in zip(files[1:], configs[1:]):
         if c != first:
             raise ValueError(f"{f}: its model config differs from {files[0]}'s (a soup averages runs of one recipe)")
+    ignore = {"seed", "threads", "model", "max_dev", "select"}
+    for f, r in zip(files[1:], recipes[1:]):
+        diff = sorted(k for k in set(r) & set(recipes[0]) - ignore if r[k] != recipes[0][k])
+        if diff:
+            raise ValueError(f"{f}: trained with other settings than {files[0]} ({', '.join(diff)}); "
+                             "a soup averages runs of one recipe (seeds)")
     n = len(states)
     mcfg = replace(first, lora_r=n * first.lora_r, lora_alpha=n * first.lora_alpha)
     model = TextClassifier.from_base(mcfg)
@@ -536,7 +567,6 @@ def soup_text_models(files: Sequence[str | Path], data: str, out_dir: str, *, de
     model.heads.load_state_dict({k[len("heads."):]: sum(s[k] for s in states) / n
                                  for k in states[0] if k.startswith("heads.")})
     model.bf16 = bf16
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dev, problems = read_meld_text(Path(data) / f"{dev_split}_sent_emo.csv", mcfg.context_turns, mcfg.context_after)
     for p in problems:
@@ -551,11 +581,10 @@ def soup_text_models(files: Sequence[str | Path], data: str, out_dir: str, *, de
              rec["dev"]["sentiment"]["weighted_f1"])
     model.save(out / "epoch1.safetensors", extra={"epoch": 1, "soup_of": members})
     storage.write_text_atomic(out / "history.json", json.dumps([rec], indent=2))
-    # The recipe is the first run's (its train_config.json when beside it), the model config the soup's.
-    first_run = Path(files[0]).parent / "train_config.json"
-    tc = json.loads(first_run.read_text()) if first_run.is_file() else {}
+    # The recipe is the first run's (as trained: its bf16 too), the model config the soup's.
+    tc = dict(recipes[0])
     tc.pop("model", None)
-    tc.update(select="last", threads=threads, bf16=bf16)
+    tc.update(select="last", threads=threads, max_dev=None, seed=None)  # no one seed: soup_of lists them
     cfg = TextTrainConfig(**{k: v for k, v in tc.items() if k in TextTrainConfig.__dataclass_fields__}, model=mcfg)
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     result_ = finalize(out, dev, [rec], cfg)
