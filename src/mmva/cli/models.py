@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.markup import escape
 
 from mmva.cli import app, console, pick_model, text_model_option
+
+if TYPE_CHECKING:
+    from mmva.train.text_finetune import TextTrainResult
+
+
+def _report_and_install(result: "TextTrainResult", install: Optional[str]) -> None:
+    """Print a text run's model path and dev figures (train-text, soup-text); install it if asked."""
+    head = result.metrics["calibrated_crossfit"]
+    console.print(f"model: {escape(str(result.model_path))}")
+    for task in ("emotion", "sentiment"):
+        m = head[task]
+        console.print(f"dev {task}: weighted-F1 {m['weighted_f1']:.2f}, accuracy {m['accuracy']:.2f}, "
+                      f"macro-F1 {m['macro_f1']:.2f}")
+    if install:
+        from mmva.model.default import install_text_model
+
+        install_text_model(result.run_dir, install)
+        console.print(f"installed into {escape(install)}")
 
 
 @app.command("train-text")
@@ -64,17 +82,7 @@ def train_text_cmd(
     except ValueError as exc:  # e.g. an unknown --select
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    head = result.metrics["calibrated_crossfit"]
-    console.print(f"model: {escape(str(result.model_path))}")
-    for task in ("emotion", "sentiment"):
-        m = head[task]
-        console.print(f"dev {task}: weighted-F1 {m['weighted_f1']:.2f}, accuracy {m['accuracy']:.2f}, "
-                      f"macro-F1 {m['macro_f1']:.2f}")
-    if install:
-        from mmva.model.default import install_text_model
-
-        install_text_model(result.run_dir, install)
-        console.print(f"installed into {escape(install)}")
+    _report_and_install(result, install)
 
 
 @app.command("soup-text")
@@ -95,17 +103,7 @@ def soup_text_cmd(
     except (OSError, ValueError) as exc:  # a missing file, runs of different recipes
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    head = result.metrics["calibrated_crossfit"]
-    console.print(f"model: {escape(str(result.model_path))}")
-    for task in ("emotion", "sentiment"):
-        m = head[task]
-        console.print(f"dev {task}: weighted-F1 {m['weighted_f1']:.2f}, accuracy {m['accuracy']:.2f}, "
-                      f"macro-F1 {m['macro_f1']:.2f}")
-    if install:
-        from mmva.model.default import install_text_model
-
-        install_text_model(result.run_dir, install)
-        console.print(f"installed into {escape(install)}")
+    _report_and_install(result, install)
 
 
 @app.command("analyze-text")

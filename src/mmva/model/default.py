@@ -534,15 +534,17 @@ def _distil_line(tc: dict[str, Any]) -> str:
             "utterances and with the next one too, averaged; `--past-only` for the first view alone.\n\n")
 
 
+def _known(member: dict[str, Any], key: str) -> str:
+    """A soup member's seed or epoch for a card, "?" when its records did not say."""
+    return "?" if member.get(key) is None else str(member[key])
+
+
 def _soup_line(m: dict[str, Any]) -> str:
     members = m.get("soup_of")
     if not members:
         return ""
     r = m["train_config"]["model"]["lora_r"] // len(members)
-    def known(x: dict[str, Any], key: str) -> str:
-        return "?" if x.get(key) is None else str(x[key])
-
-    names = ", ".join(f"seed {known(x, 'seed')} epoch {known(x, 'epoch')}" for x in members)
+    names = ", ".join(f"seed {_known(x, 'seed')} epoch {_known(x, 'epoch')}" for x in members)
     files = " ".join(f"runs/{x.get('run') or 'RUN'}/{x.get('file') or 'text_model.safetensors'}" for x in members)
     return (f"**Weights averaged (model soup).** This model is the average of {len(members)} runs of the recipe "
             f"above ({names}): their rank-{r} LoRA updates stored exactly as one rank-{r * len(members)} adapter, "
@@ -598,9 +600,9 @@ def render_model_card(run_dir: str | Path, fusion_weights: dict[str, float] | No
     soup = m.get("soup_of") or []
     if soup:  # the recipe is each member run's; the soup line below says how they were combined
         cmd_tail = " --seed N"
-        seeds = ("run once per seed, seeds " + " and ".join("?" if x.get("seed") is None else str(x["seed"]) for x in soup)
+        seeds = ("run once per seed, seeds " + " and ".join(_known(x, "seed") for x in soup)
                  + "; then `mmva soup-text`, below")
-        epochs = sorted({"?" if x.get("epoch") is None else str(x["epoch"]) for x in soup})
+        epochs = sorted({_known(x, "epoch") for x in soup})
         kept = (f"each run's epoch {' / '.join(epochs)} went into the average below (the first run's times "
                 f"are given)")
     else:
