@@ -245,12 +245,13 @@ class Service:
             await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(job.future)), timeout)
         except asyncio.TimeoutError as exc:
             self.jobs.cancel(job)
-            raise RequestError(504, f"{inp.name}: not finished within {timeout:g} s; submit long media "
-                                    "to POST /jobs and poll GET /jobs/{id}") from exc
+            raise RequestError(504, _too_long(inp.name, timeout)) from exc
         except BaseException:  # the client went away: stop the work
             self.jobs.cancel(job)
             raise
         if job.state != "done":
+            if job.error_status == 504:  # the job's own time limit (the same one) fired first
+                raise RequestError(504, f"{_too_long(inp.name, timeout)} ({job.error})")
             raise RequestError(job.error_status or 500, job.error or f"job {job.state}")
         return job.result or {}
 
@@ -611,3 +612,8 @@ def _result_response(path: Path, fmt: str, job_id: str) -> Response:
     if fmt == "json":
         return FileResponse(str(path), media_type="application/json")
     return _render(json.loads(path.read_text()), fmt, filename=job_id)
+
+
+def _too_long(name: str, timeout: float) -> str:
+    """The 504 message of a synchronous request that ran past its time limit."""
+    return f"{name}: not finished within {timeout:g} s; submit long media to POST /jobs and poll GET /jobs/{{id}}"
