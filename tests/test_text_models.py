@@ -238,6 +238,12 @@ def test_select_last_keeps_the_final_epoch_and_refinalizes_a_finished_run(tmp_pa
 
     assert "the last epoch\n(epoch 2) is kept" in render_model_card(tmp_path / "run")
     assert "--select last" in render_model_card(tmp_path / "run")
+    # Resuming with another recipe is refused before anything is trained or recorded.
+    recorded = (tmp_path / "run" / "train_config.json").read_text()
+    with pytest.raises(ValueError, match=r"train_config.json: the run was started with other options \(lr: 0.003 in "
+                                         r"the run, 0.001 given\)"):
+        train_text(str(data), str(tmp_path / "run"), TextTrainConfig(epochs=2, batch_size=8, head_lr=1e-2))
+    assert (tmp_path / "run" / "train_config.json").read_text() == recorded
     r = subprocess.run([sys.executable, "-c", "from mmva.cli import app; app()", "train-text", "--data", str(data),
                         "--out", str(tmp_path / "x"), "--select", "first"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and "select='first'" in r.stderr and not (tmp_path / "x").exists()

@@ -279,6 +279,9 @@ def train_text(data: str, out_dir: str, cfg: TextTrainConfig = TextTrainConfig()
         train = rng.sample(train, min(cfg.max_train, len(train)))
     if cfg.max_dev:
         dev = dev[: cfg.max_dev]
+    state_path = out / "state.pt"
+    if resume and state_path.exists():
+        _check_same_recipe(out / "train_config.json", cfg)
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     log.info("train %d, dev %d utterances", len(train), len(dev))
 
@@ -292,7 +295,6 @@ def train_text(data: str, out_dir: str, cfg: TextTrainConfig = TextTrainConfig()
     opt, sched = _optimizer(model, cfg, steps_per_epoch * cfg.epochs)
     history: list[dict[str, Any]] = []
     start = 0
-    state_path = out / "state.pt"
     if resume and state_path.exists():
         state = torch.load(state_path, weights_only=True)
         model.load_state_dict(state["model"], strict=False)
@@ -335,6 +337,23 @@ def train_text(data: str, out_dir: str, cfg: TextTrainConfig = TextTrainConfig()
         # atomic, and last: a kill mid-save leaves the previous epoch's resume state intact
         storage.write_atomic(state_path, lambda tmp: torch.save(state, tmp))
     return finalize(out, dev, history, cfg)
+
+
+# options a resumed (or re-finalized) run may change: they do not alter the epochs already trained
+RESUME_MAY_CHANGE = ("epochs", "threads", "select")
+
+
+def _check_same_recipe(path: Path, cfg: TextTrainConfig) -> None:
+    """Refuse to resume a run with other training options than it was started with (named, with both values)."""
+    if not path.exists():
+        return
+    recorded = json.loads(path.read_text())
+    given = json.loads(json.dumps(asdict(cfg)))
+    diffs = [f"{k}: {recorded.get(k)!r} in the run, {v!r} given" for k, v in given.items()
+             if k not in RESUME_MAY_CHANGE and k in recorded and recorded[k] != v]
+    if diffs:
+        raise ValueError(f"{path}: the run was started with other options ({'; '.join(diffs)}); repeat them, "
+                         "or give another --out for a new run")
 
 
 def _teacher_logits(path: str, train: Sequence[TextExample]) -> dict[str, torch.Tensor]:
