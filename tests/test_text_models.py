@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -300,3 +301,34 @@ def test_soup_of_two_runs_is_their_exact_weight_average_installed_as_one_model(t
         r = subprocess.run([sys.executable, "-c", "from mmva.cli import app; app()", "soup-text", *args, "--data",
                             str(data), "--out", str(tmp_path / "bad")], capture_output=True, text=True, timeout=600)
         assert r.returncode == 2 and msg in r.stderr, r.stderr[-2000:]
+
+
+def test_utterance_pooling_trains_saves_and_predicts_as_it_was_trained(tmp_path):
+    """train-text --pool utterance: the heads average only the utterance's span (the context is
+    attended to, not averaged in); the choice is stored in the model file, prediction pools what
+    training pooled, and an unknown choice is refused by name."""
+    from dataclasses import replace
+
+    from mmva.model.textclf import TextClassifier, TextClassifierConfig
+    from mmva.train.text_finetune import (TextTrainConfig, _pad, precompute_bottom, read_meld_text, train_text,
+                                          utterance_lengths)
+
+    data = _tiny_meld(tmp_path / "meld")
+    cfg = TextTrainConfig(epochs=1, batch_size=8, lr=3e-3, head_lr=1e-2,
+                          model=replace(TextClassifierConfig(), pool="utterance"))
+    result = train_text(str(data), str(tmp_path / "run"), cfg)
+    model = TextClassifier.load(Path(result.run_dir) / "text_model.safetensors")
+    assert model.config.pool == "utterance"
+    dev, _ = read_meld_text(data / "dev_sent_emo.csv", 1, 0)
+    with torch.inference_mode():
+        served = model.predict_logits([e.text for e in dev], [e.context for e in dev], calibrated=False)
+        x, mask = _pad(precompute_bottom(model, dev))
+        span = torch.arange(mask.shape[1]) < torch.tensor(utterance_lengths(model, dev))[:, None]
+        trained = model.top(x, mask, span.long())
+        everything = model.top(x, mask)  # what pool="all" would average
+    for task in served:
+        torch.testing.assert_close(served[task], trained[task], atol=1e-3, rtol=1e-3)
+    assert not torch.allclose(served["emotion"], everything["emotion"], atol=1e-3)
+    r = subprocess.run([sys.executable, "-c", "from mmva.cli import app; app()", "train-text", "--data", str(data),
+                        "--out", str(tmp_path / "x"), "--pool", "cls"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "pool='cls'" in r.stderr and not (tmp_path / "x").exists()

@@ -51,6 +51,8 @@ def train_text_cmd(
                                           "(uid, emotion, sentiment), e.g. the accurate model's."),
     kd_weight: float = typer.Option(0.5, help="Weight of the distillation term (the rest is cross-entropy)."),
     frozen_layers: int = typer.Option(0, help="Bottom encoder layers kept frozen (cached once); LoRA on the rest."),
+    pool: str = typer.Option("all", help="Tokens mean-pooled into the heads: all (utterance and context) or "
+                             "utterance (only the utterance's span, which still attends to the context)."),
     seed: int = typer.Option(13, help="Random seed."),
     max_train: Optional[int] = typer.Option(None, help="Subsample the training split (smoke runs)."),
     max_dev: Optional[int] = typer.Option(None, help="Use only the first N dev utterances (smoke runs)."),
@@ -68,18 +70,18 @@ def train_text_cmd(
 
     from mmva.model.textclf import MPNET_TARGETS
 
-    model_cfg = replace(TextClassifierConfig(), base=base, context_turns=context_turns, context_after=context_after,
-                        frozen_layers=frozen_layers, lora_r=lora_r, lora_alpha=2 * lora_r,
-                        lora_dropout=lora_dropout)
-    if base == "all-mpnet-base-v2":
-        model_cfg = replace(model_cfg, target_modules=MPNET_TARGETS)
-    cfg = TextTrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, max_train=max_train,
-                          max_dev=max_dev, after_dropout=after_dropout, bf16=bf16, threads=threads,
-                          teacher=teacher, kd_weight=kd_weight, select=select,
-                          model=model_cfg)
     try:
+        model_cfg = replace(TextClassifierConfig(), base=base, context_turns=context_turns, context_after=context_after,
+                            frozen_layers=frozen_layers, lora_r=lora_r, lora_alpha=2 * lora_r,
+                            lora_dropout=lora_dropout, pool=pool)
+        if base == "all-mpnet-base-v2":
+            model_cfg = replace(model_cfg, target_modules=MPNET_TARGETS)
+        cfg = TextTrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, max_train=max_train,
+                              max_dev=max_dev, after_dropout=after_dropout, bf16=bf16, threads=threads,
+                              teacher=teacher, kd_weight=kd_weight, select=select,
+                              model=model_cfg)
         result = train_text(data, out, cfg, resume=not fresh)
-    except ValueError as exc:  # e.g. an unknown --select
+    except ValueError as exc:  # e.g. an unknown --select or --pool
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     _report_and_install(result, install)

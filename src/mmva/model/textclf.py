@@ -116,13 +116,18 @@ class TextClassifier(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Raw (uncalibrated) logits per task, ``{"emotion": (b, 7), "sentiment": (b, 3)}``."""
-        return self.top(self.bottom(input_ids, attention_mask, token_type_ids), attention_mask)
+        pool_mask = None
+        if self.config.pool == "utterance" and token_type_ids is not None:
+            pool_mask = attention_mask * (token_type_ids == 0)  # [CLS] utterance [SEP]
+        return self.top(self.bottom(input_ids, attention_mask, token_type_ids), attention_mask, pool_mask)
 
-    def top(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The adapted top layers, mean pooling and heads over a bottom output ``(b, t, d)``."""
+    def top(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
+            pool_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The adapted top layers, mean pooling (over ``pool_mask``, default every token) and heads
+        over a bottom output ``(b, t, d)``."""
         bert = self._bert()
         hidden = self._layers(hidden, attention_mask, bert.encoder.layer[self.config.frozen_layers:])
-        m = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (b, t, 1)
+        m = (attention_mask if pool_mask is None else pool_mask).unsqueeze(-1).to(hidden.dtype)  # (b, t, 1)
         pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)  # (b, d): MiniLM is trained mean-pooled
         pooled = self.dropout(pooled)
         return {task: head(pooled) for task, head in self.heads.items()}

@@ -37,6 +37,9 @@ def normalize_text(text: str) -> str:
     return " ".join((text or "").translate(_PUNCT).split())
 
 
+POOLING = ("all", "utterance")
+
+
 @dataclass(frozen=True)
 class TextClassifierConfig:
     """Architecture of the adapter and heads (stored inside each saved model)."""
@@ -57,6 +60,10 @@ class TextClassifierConfig:
     # for all 6 adapted (uncalibrated, seed 13, measured here).
     frozen_layers: int = 0
     head_dropout: float = 0.1
+    # What is mean-pooled into the heads: "all" tokens (utterance and context; MiniLM's own
+    # sentence-embedding pooling), or only the "utterance" span ([CLS] utterance [SEP]), which has
+    # attended to the context in every layer but does not average the context's tokens in.
+    pool: str = "all"
     labels: dict[str, tuple[str, ...]] = field(
         default_factory=lambda: {"emotion": EMOTIONS, "sentiment": SENTIMENTS})
 
@@ -68,6 +75,10 @@ class TextClassifierConfig:
         if d["labels"] is None:
             d.pop("labels")
         return cls(**d)
+
+    def __post_init__(self) -> None:
+        if self.pool not in POOLING:
+            raise ValueError(f"pool={self.pool!r}: expected one of {', '.join(POOLING)}")
 
 
 # The encoders a text classifier can be built on, with what a user installs to get each offline.

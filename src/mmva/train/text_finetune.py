@@ -209,6 +209,16 @@ def precompute_bottom(model: TextClassifier, examples: Sequence[TextExample], wi
     return out
 
 
+def utterance_lengths(model: TextClassifier, examples: Sequence[TextExample]) -> list[int]:
+    """Tokens of each example's ``[CLS] utterance [SEP]`` span: what a ``pool="utterance"`` model
+    averages (the utterance is never cut for the context's sake, so it is the same with context)."""
+    lengths: list[int] = []
+    for s in range(0, len(examples), 256):
+        batch = model.encode([e.text for e in examples[s: s + 256]])
+        lengths += batch["attention_mask"].sum(1).tolist()
+    return lengths
+
+
 def _pad(hidden: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(h.shape[0] for h in hidden)
     x = torch.zeros(len(hidden), width, hidden[0].shape[1])
@@ -221,7 +231,8 @@ def _pad(hidden: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _train_epoch(model: TextClassifier, train: Sequence[TextExample], cache: dict[tuple, list[torch.Tensor]],
                  cfg: TextTrainConfig, opt, sched, losses: dict[str, nn.Module], rng: random.Random,
-                 epoch: int, teacher: dict[str, torch.Tensor] | None = None) -> float:
+                 epoch: int, teacher: dict[str, torch.Tensor] | None = None,
+                 utt_len: list[int] | None = None) -> float:
     model.train()
     batches = length_batches(train, cfg.batch_size, rng)
     total, t0 = 0.0, time.time()
@@ -231,8 +242,11 @@ def _train_epoch(model: TextClassifier, train: Sequence[TextExample], cache: dic
         after = model.config.context_after > 0
         use_next = [after and not (cfg.after_dropout and rng.random() < cfg.after_dropout) for _ in b]
         x, mask = _pad([cache[(c, n)][i] for i, c, n in zip(b, use_ctx, use_next)])
+        pool = None
+        if utt_len is not None:  # pool="utterance": average only each example's utterance span
+            pool = (torch.arange(mask.shape[1]) < torch.tensor([utt_len[i] for i in b])[:, None]).long()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            out = model.top(x, mask)
+            out = model.top(x, mask, pool)
         out = {k: v.float() for k, v in out.items()}
         loss = losses["emotion"](out["emotion"], torch.tensor([e.emotion for e in exs])) + \
             cfg.sentiment_loss_weight * losses["sentiment"](out["sentiment"], torch.tensor([e.sentiment for e in exs]))
@@ -308,6 +322,7 @@ def train_text(data: str, out_dir: str, cfg: TextTrainConfig = TextTrainConfig()
     cache: dict[tuple, list[torch.Tensor]] = {}
     after = mcfg.context_after > 0
     teacher = _teacher_logits(cfg.teacher, train) if cfg.teacher else None
+    utt_len = utterance_lengths(model, train) if mcfg.pool == "utterance" else None
     for epoch in range(start + 1, cfg.epochs + 1):
         if not cache:
             t0 = time.time()
@@ -317,7 +332,7 @@ def train_text(data: str, out_dir: str, cfg: TextTrainConfig = TextTrainConfig()
             log.info("frozen bottom layers cached in %.0f s", time.time() - t0)
             (out / "cache_seconds.txt").write_text(f"{time.time() - t0:.1f}\n")
         t0 = time.time()
-        loss = _train_epoch(model, train, cache, cfg, opt, sched, losses, rng, epoch, teacher)
+        loss = _train_epoch(model, train, cache, cfg, opt, sched, losses, rng, epoch, teacher, utt_len)
         train_s = time.time() - t0
         scores = _score(evaluate_logits(model, dev), dev)
         rec = {"epoch": epoch, "train_loss": round(loss, 4), "train_seconds": round(train_s, 1),
