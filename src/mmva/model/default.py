@@ -611,13 +611,15 @@ def render_model_card(run_dir: str | Path, fusion_weights: dict[str, float] | No
         kept = (f"{'the last epoch' if tc.get('select') == 'last' else 'the epoch with the best dev emotion weighted-F1'}"
                 f"\n(epoch {m['best_epoch']}) is kept")
     cache = (run / "cache_seconds.txt").read_text().strip() if (run / "cache_seconds.txt").exists() else "?"
+    pooled = ("the utterance's own tokens (which attend to the context in every layer; the context's tokens "
+              "are not averaged in)" if mc.get("pool", "all") == "utterance" else "all tokens, utterance and context")
     lines = f"""# Model card: mmva {info['title']} model (text part), version 1
 
 **What it is.** Emotion (7 classes: anger, disgust, fear, joy, neutral, sadness, surprise) and sentiment
 (negative, neutral, positive) of one English utterance, optionally given the utterances around it in
 the conversation. {info['describe']} with a LoRA adapter
 (r={mc['lora_r']}, alpha={mc['lora_alpha']}, dropout {mc.get('lora_dropout', 0.1)}, on {', '.join(mc['target_modules'])} of layers {mc['frozen_layers']}-{info['layers'] - 1}{frozen})
-and two linear heads, then a per-task temperature and per-class logit bias fitted on
+and two linear heads on the mean of {pooled}, then a per-task temperature and per-class logit bias fitted on
 MELD dev. `text_model.safetensors` holds only the adapter, heads and calibration; the base weights
 come from {info['package']}.
 At run time it is fused with the voice head and the face-expression network when those signals are
@@ -629,7 +631,7 @@ for training, `dev_sent_emo.csv` (1,109) for selection and calibration. The test
 MELD's repository states GPL-3.0; the weights here are derived from it: check that this suits your use.
 The base model {mc.get('base', 'all-MiniLM-L6-v2')} is {info['licence']}. The mmva code is MIT.
 
-**Training.** `mmva train-text --data MELD_DIR --out runs/text{' --base ' + mc['base'] if mc.get('base', 'all-MiniLM-L6-v2') != 'all-MiniLM-L6-v2' else ''}{' --context-turns ' + str(mc['context_turns']) if mc['context_turns'] != 1 else ''}{' --context-after ' + str(after) if after else ''}{' --frozen-layers ' + str(mc['frozen_layers']) if mc['frozen_layers'] != 0 else ''}{' --lora-dropout ' + str(mc['lora_dropout']) if mc.get('lora_dropout', 0.1) != 0.1 else ''}{' --bf16' if tc.get('bf16') else ''}{' --teacher TEACHER_LOGITS.npz --kd-weight ' + str(tc.get('kd_weight')) if tc.get('teacher') else ''}{' --epochs ' + str(tc['epochs']) if tc['epochs'] != 3 else ''}{cmd_tail}`
+**Training.** `mmva train-text --data MELD_DIR --out runs/text{' --base ' + mc['base'] if mc.get('base', 'all-MiniLM-L6-v2') != 'all-MiniLM-L6-v2' else ''}{' --context-turns ' + str(mc['context_turns']) if mc['context_turns'] != 1 else ''}{' --context-after ' + str(after) if after else ''}{' --frozen-layers ' + str(mc['frozen_layers']) if mc['frozen_layers'] != 0 else ''}{' --pool utterance' if mc.get('pool', 'all') == 'utterance' else ''}{' --lora-dropout ' + str(mc['lora_dropout']) if mc.get('lora_dropout', 0.1) != 0.1 else ''}{' --bf16' if tc.get('bf16') else ''}{' --teacher TEACHER_LOGITS.npz --kd-weight ' + str(tc.get('kd_weight')) if tc.get('teacher') else ''}{' --epochs ' + str(tc['epochs']) if tc['epochs'] != 3 else ''}{cmd_tail}`
 ({seeds}). Input {context_in}, at most {mc['max_length']} tokens. Both heads
 trained jointly with cross-entropy weighted by the square root of inverse class frequency (so fear and
 disgust get predicted at all), AdamW (adapter lr {tc['lr']}, heads {tc['head_lr']}, weight decay {tc['weight_decay']}), linear
