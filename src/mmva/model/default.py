@@ -510,7 +510,9 @@ def install_text_model(run_dir: str | Path, dest: str | Path) -> Path:
                       f"/path/to/meld --install {info['folder']} (see MODEL_CARD.md for the options)")
                      if metrics.get("soup_of") else
                      f"mmva train-text --data /path/to/meld --out runs/text --install {info['folder']}"
-                     + ("" if base == "all-MiniLM-L6-v2" else " (see MODEL_CARD.md for the options)"),
+                     + ("" if base == "all-MiniLM-L6-v2" and not metrics["train_config"].get("teacher")
+                        and metrics["train_config"]["model"].get("pool", "all") == "all"
+                        else " (see MODEL_CARD.md for the options)"),
     }
     (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     if metrics["train_config"].get("teacher"):  # the run's own path to it says nothing in a shipped folder
