@@ -608,7 +608,8 @@ def render_model_card(run_dir: str | Path, fusion_weights: dict[str, float] | No
         kept = (f"each run's epoch {' / '.join(epochs)} went into the average below (the first run's times "
                 f"are given)")
     else:
-        cmd_tail = (" --select last" if tc.get("select") == "last" else "") + f" --install {info['folder']}"
+        cmd_tail = ((f" --seed {tc['seed']}" if tc.get("seed", 13) != 13 else "")
+                    + (" --select last" if tc.get("select") == "last" else "") + f" --install {info['folder']}")
         seeds = f"seed {tc['seed']}"
         kept = (f"{'the last epoch' if tc.get('select') == 'last' else 'the epoch with the best dev emotion weighted-F1'}"
                 f"\n(epoch {m['best_epoch']}) is kept")
