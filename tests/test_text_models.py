@@ -222,6 +222,7 @@ def test_select_last_keeps_the_final_epoch_and_refinalizes_a_finished_run(tmp_pa
     finished run, only the selection and calibration are redone; an unknown choice is refused."""
     from safetensors.torch import load_file
 
+    from mmva.model.textclf import TextClassifierConfig
     from mmva.train.text_finetune import TextTrainConfig, train_text
 
     data = _tiny_meld(tmp_path / "meld")
@@ -245,6 +246,15 @@ def test_select_last_keeps_the_final_epoch_and_refinalizes_a_finished_run(tmp_pa
                                          r"the run, 0.001 given\)"):
         train_text(str(data), str(tmp_path / "run"), TextTrainConfig(epochs=2, batch_size=8, head_lr=1e-2))
     assert (tmp_path / "run" / "train_config.json").read_text() == recorded
+    # A run recorded before a model option existed (no "pool") re-finalizes with that option's default.
+    old = json.loads(recorded)
+    del old["model"]["pool"]
+    (tmp_path / "run" / "train_config.json").write_text(json.dumps(old))
+    train_text(str(data), str(tmp_path / "run"), TextTrainConfig(epochs=2, batch_size=8, lr=3e-3, head_lr=1e-2,
+                                                                 select="last"))
+    with pytest.raises(ValueError, match=r"model.pool: 'all' in the run, 'utterance' given"):
+        train_text(str(data), str(tmp_path / "run"), TextTrainConfig(
+            epochs=2, batch_size=8, lr=3e-3, head_lr=1e-2, model=TextClassifierConfig(pool="utterance")))
     r = subprocess.run([sys.executable, "-c", "from mmva.cli import app; app()", "train-text", "--data", str(data),
                         "--out", str(tmp_path / "x"), "--select", "first"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and "select='first'" in r.stderr and not (tmp_path / "x").exists()

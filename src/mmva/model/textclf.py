@@ -117,7 +117,9 @@ class TextClassifier(nn.Module):
                 token_type_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Raw (uncalibrated) logits per task, ``{"emotion": (b, 7), "sentiment": (b, 3)}``."""
         pool_mask = None
-        if self.config.pool == "utterance" and token_type_ids is not None:
+        if self.config.pool == "utterance":
+            if token_type_ids is None:
+                raise ValueError("this text model pools the utterance's span: pass token_type_ids (encode() makes them)")
             pool_mask = attention_mask * (token_type_ids == 0)  # [CLS] utterance [SEP]
         return self.top(self.bottom(input_ids, attention_mask, token_type_ids), attention_mask, pool_mask)
 

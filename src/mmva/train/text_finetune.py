@@ -362,9 +362,18 @@ def _check_same_recipe(path: Path, cfg: TextTrainConfig) -> None:
     """Refuse to resume a run with other training options than it was started with (named, with both values)."""
     if not path.exists():
         return
-    recorded = json.loads(path.read_text())
-    given = json.loads(json.dumps(asdict(cfg)))
-    diffs = [f"{k}: {recorded.get(k)!r} in the run, {v!r} given" for k, v in given.items()
+    def flat(d: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in d.items() if k != "model"}
+        if d.get("teacher"):  # the same file, however its path was written
+            out["teacher"] = str(Path(d["teacher"]).resolve())
+        # a model option added since the run was recorded has its default there (TextClassifierConfig.from_dict)
+        model = asdict(TextClassifierConfig.from_dict(d["model"])) if "model" in d else {}
+        out.update({f"model.{k}": v for k, v in json.loads(json.dumps(model)).items()})
+        return out
+
+    recorded = flat(json.loads(path.read_text()))
+    given = flat(json.loads(json.dumps(asdict(cfg))))
+    diffs = [f"{k}: {recorded[k]!r} in the run, {v!r} given" for k, v in given.items()
              if k not in RESUME_MAY_CHANGE and k in recorded and recorded[k] != v]
     if diffs:
         raise ValueError(f"{path}: the run was started with other options ({'; '.join(diffs)}); repeat them, "
