@@ -358,10 +358,11 @@ def train_text(data: str, out_dir: str, cfg: TextTrainConfig = TextTrainConfig()
 RESUME_MAY_CHANGE = ("epochs", "threads", "select")
 
 
-def _check_same_recipe(path: Path, cfg: TextTrainConfig) -> None:
-    """Refuse to resume a run with other training options than it was started with (named, with both values)."""
-    if not path.exists():
-        return
+def _recipe_diffs(recorded: dict[str, Any], given: dict[str, Any], may_differ: set[str] | tuple[str, ...]
+                  ) -> list[tuple[str, Any, Any]]:
+    """The training options (train_config.json form) on which two recipes differ: ``(key, recorded,
+    given)``, model options as ``model.<name>``; keys in ``may_differ`` (or under a ``model`` there)
+    and keys only one side records are not compared. The resume check and the soup's share it."""
     def flat(d: dict[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in d.items() if k != "model"}
         if d.get("teacher"):  # the same file, however its path was written
@@ -371,12 +372,19 @@ def _check_same_recipe(path: Path, cfg: TextTrainConfig) -> None:
         out.update({f"model.{k}": v for k, v in json.loads(json.dumps(model)).items()})
         return out
 
-    recorded = flat(json.loads(path.read_text()))
-    given = flat(json.loads(json.dumps(asdict(cfg))))
-    diffs = [f"{k}: {recorded[k]!r} in the run, {v!r} given" for k, v in given.items()
-             if k not in RESUME_MAY_CHANGE and k in recorded and recorded[k] != v]
+    a, b = flat(recorded), flat(json.loads(json.dumps(given)))
+    return [(k, a[k], v) for k, v in sorted(b.items())
+            if k not in may_differ and k.split(".")[0] not in may_differ and k in a and a[k] != v]
+
+
+def _check_same_recipe(path: Path, cfg: TextTrainConfig) -> None:
+    """Refuse to resume a run with other training options than it was started with (named, with both values)."""
+    if not path.exists():
+        return
+    diffs = _recipe_diffs(json.loads(path.read_text()), asdict(cfg), RESUME_MAY_CHANGE)
     if diffs:
-        raise ValueError(f"{path}: the run was started with other options ({'; '.join(diffs)}); repeat them, "
+        raise ValueError(f"{path}: the run was started with other options "
+                         f"({'; '.join(f'{k}: {a!r} in the run, {b!r} given' for k, a, b in diffs)}); repeat them, "
                          "or give another --out for a new run")
 
 
@@ -585,9 +593,8 @@ def soup_text_models(files: Sequence[str | Path], data: str, out_dir: str, *, de
     for f, c in zip(files[1:], configs[1:]):
         if c != first:
             raise ValueError(f"{f}: its model config differs from {files[0]}'s (a soup averages runs of one recipe)")
-    ignore = {"seed", "threads", "model", "max_dev", "select"}
-    for f, r in zip(files[1:], recipes[1:]):
-        diff = sorted(k for k in set(r) & set(recipes[0]) - ignore if r[k] != recipes[0][k])
+    for f, r in zip(files[1:], recipes[1:]):  # the model configs were compared above, from the files
+        diff = [k for k, _, _ in _recipe_diffs(recipes[0], r, {"seed", "threads", "model", "max_dev", "select"})]
         if diff:
             raise ValueError(f"{f}: trained with other settings than {files[0]} ({', '.join(diff)}); "
                              "a soup averages runs of one recipe (seeds)")
